@@ -1,0 +1,3 @@
+"""Fine-tuning studio: a Gradio + FastAPI front end over the Hugging Face Trainer."""
+
+__version__ = "0.1.0"

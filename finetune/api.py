@@ -1,0 +1,212 @@
+"""REST routes under /api (JSON). The UI calls the same service functions.
+
+Errors are ``{"detail": "<what is wrong and how to fix it>"}`` with a 4xx
+status; a user's mistake never produces a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from finetune import charts
+from finetune.config import TrainConfig
+from finetune.data import DataError
+from finetune.dataset_store import DatasetNotFound, UploadTooLarge
+from finetune.runs import Job, JobNotFound, JobStateError, RunManager
+from finetune.service import Studio
+
+log = logging.getLogger(__name__)
+
+
+def get_studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+StudioDep = Annotated[Studio, Depends(get_studio)]
+
+
+def require_token(request: Request) -> None:
+    """With FINETUNE_API_TOKEN set, every /api route needs the bearer token."""
+    token = request.app.state.studio.settings.api_token
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest: the time taken does not reveal how much of it matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="Missing or wrong API token. Send the header 'Authorization: Bearer <FINETUNE_API_TOKEN>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+
+def _job(studio: Studio, job_id: str) -> Job:
+    try:
+        return studio.runs.get(job_id)
+    except JobNotFound:
+        raise HTTPException(404, f"No job with id '{job_id}'. List jobs with GET /api/jobs.") from None
+
+
+def _dashboard_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dashboard"
+
+
+@router.get("/status", summary="Current (or named) job's progress")
+def get_status(request: Request, studio: StudioDep, job_id: str | None = None) -> dict[str, Any]:
+    job = _job(studio, job_id) if job_id else studio.runs.current()
+    view = RunManager.status_view(job)
+    view["dashboard_url"] = _dashboard_url(request)
+    return view
+
+
+@router.get("/logs", summary="Events after a cursor")
+def get_logs(
+    studio: StudioDep,
+    job_id: str | None = None,
+    since: Annotated[int, Query(ge=0, description="Return events with seq greater than this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
+    job = _job(studio, job_id) if job_id else studio.runs.current()
+    if job is None:
+        return {"job_id": None, "logs": [], "next_since": since}
+    logs = job.events.read(since, limit)
+    return {"job_id": job.job_id, "logs": logs, "next_since": logs[-1]["seq"] if logs else since}
+
+
+# -- datasets --------------------------------------------------------------
+@router.post("/datasets", status_code=201, summary="Upload a dataset (multipart field 'file')")
+def upload_dataset(studio: StudioDep, file: Annotated[UploadFile, File(description="csv, tsv, json, jsonl, parquet or txt")]) -> dict[str, Any]:
+    try:
+        return studio.add_dataset(file.file, file.filename or "")
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except DataError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.post("/datasets/demo", status_code=201, summary="Create (or return) the bundled demo dataset")
+def demo_dataset(studio: StudioDep) -> dict[str, Any]:
+    return studio.datasets.ensure_demo()
+
+
+@router.get("/datasets", summary="List datasets")
+def list_datasets(studio: StudioDep) -> list[dict[str, Any]]:
+    return studio.datasets.list()
+
+
+@router.get("/datasets/{dataset_id}", summary="One dataset's metadata and preview")
+def get_dataset(studio: StudioDep, dataset_id: str) -> dict[str, Any]:
+    try:
+        return studio.datasets.get(dataset_id)
+    except DatasetNotFound:
+        raise HTTPException(404, f"No dataset with id '{dataset_id}'. List datasets with GET /api/datasets.") from None
+
+
+# -- jobs ------------------------------------------------------------------
+@router.post("/jobs", status_code=201, summary="Start a training job (only dataset_id is required)")
+def create_job(studio: StudioDep, config: TrainConfig) -> dict[str, Any]:
+    try:
+        job = studio.start_job(config)
+    except DatasetNotFound:
+        raise HTTPException(404, f"dataset_id: no dataset with id '{config.dataset_id}'. Upload one with POST /api/datasets or use 'demo'.") from None
+    except DataError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"job_id": job.job_id, "status": job.record["status"]}
+
+
+@router.get("/jobs", summary="All jobs, newest first")
+def list_jobs(studio: StudioDep) -> list[dict[str, Any]]:
+    return [studio.job_summary(job) for job in studio.runs.list()]
+
+
+@router.get("/jobs/{job_id}", summary="One job: record, status and the config used")
+def get_job(studio: StudioDep, job_id: str) -> dict[str, Any]:
+    job = _job(studio, job_id)
+    out = studio.job_summary(job)
+    out["config"] = job.config.model_dump()
+    out["live"] = RunManager.status_view(job)
+    return out
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Stop a queued or running job")
+def cancel_job(studio: StudioDep, job_id: str) -> dict[str, Any]:
+    _job(studio, job_id)
+    try:
+        job = studio.runs.cancel(job_id)
+    except JobStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return {"job_id": job.job_id, "status": job.record["status"], "stop_requested": job.stop.is_set()}
+
+
+@router.get("/jobs/{job_id}/metrics", summary="Training and eval metrics as arrays")
+def job_metrics(studio: StudioDep, job_id: str) -> dict[str, Any]:
+    job = _job(studio, job_id)
+    s = studio.series(job)
+
+    def col(a: Any) -> list[float | None]:
+        return [None if v != v else float(v) for v in a.tolist()]  # NaN -> null
+
+    return {
+        "job_id": job.job_id,
+        "step": [int(v) for v in s.step.tolist()],
+        "loss": col(s.loss),
+        "learning_rate": col(s.learning_rate),
+        "eval_step": [int(v) for v in s.eval_step.tolist()],
+        "eval_loss": col(s.eval_loss),
+    }
+
+
+@router.get("/jobs/{job_id}/metrics.csv", summary="Metrics as CSV")
+def job_metrics_csv(studio: StudioDep, job_id: str):
+    from fastapi.responses import PlainTextResponse
+
+    job = _job(studio, job_id)
+    return PlainTextResponse(
+        charts.metrics_csv(studio.series(job)),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{job.job_id}-metrics.csv"'},
+    )
+
+
+@router.get("/jobs/{job_id}/artifacts", summary="Zip of the trained adapter or model")
+def job_artifacts(studio: StudioDep, job_id: str) -> FileResponse:
+    job = _job(studio, job_id)
+    model_dir = job.run_dir / "model"
+    if not (model_dir.is_dir() and any(model_dir.iterdir())):
+        raise HTTPException(
+            409, f"Job {job_id} has no saved model yet (status: {job.record['status']}). Artifacts exist once a run completes or is cancelled."
+        )
+    path = _zip_model(job, studio.settings.cache_dir)
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=f"{job.job_id}-{job.config.method}.zip",
+        background=BackgroundTask(os.unlink, path),
+    )
+
+
+def _zip_model(job: Job, tmp_root: Path) -> str:
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="artifact-", suffix=".zip", dir=tmp_root)
+    os.close(fd)
+    # Stored, not deflated: safetensors barely compress and zipping is then I/O bound.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for item in sorted((job.run_dir / "model").rglob("*")):
+            if item.is_file():
+                zf.write(item, item.relative_to(job.run_dir / "model"))
+        zf.write(job.run_dir / "config.json", "studio_config.json")
+    return path
