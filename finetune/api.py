@@ -109,11 +109,56 @@ def list_datasets(studio: StudioDep) -> list[dict[str, Any]]:
 
 
 @router.get("/datasets/{dataset_id}", summary="One dataset's metadata and preview")
-def get_dataset(studio: StudioDep, dataset_id: str) -> dict[str, Any]:
+def get_dataset(
+    studio: StudioDep,
+    dataset_id: str,
+    formatted: Annotated[bool, Query(description="Include the first examples as formatted for training (loads the bundled tokenizer).")] = True,
+) -> dict[str, Any]:
     try:
-        return studio.datasets.get(dataset_id)
+        meta = studio.datasets.get(dataset_id)
     except DatasetNotFound:
         raise HTTPException(404, f"No dataset with id '{dataset_id}'. List datasets with GET /api/datasets.") from None
+    if formatted:
+        # As the model sees it, with the bundled tokenizer and the guessed columns.
+        from finetune.modeling import ModelLoadError
+
+        try:
+            meta["formatted"] = studio.formatted_preview(dataset_id)
+        except (DataError, ModelLoadError) as exc:
+            meta["formatted"] = {"error": str(exc)}
+    return meta
+
+
+@router.get("/datasets/{dataset_id}/preview", summary="The first examples exactly as the model will see them")
+def preview_dataset(
+    studio: StudioDep,
+    dataset_id: str,
+    base_model: str | None = None,
+    text_column: str | None = None,
+    prompt_column: str | None = None,
+    completion_column: str | None = None,
+    max_seq_length: Annotated[int, Query(ge=8, le=32768)] = 256,
+    completion_only_loss: bool = True,
+    n: Annotated[int, Query(ge=1, le=20)] = 3,
+) -> dict[str, Any]:
+    """Each example is a list of segments ``{text, trained}``: ``trained`` parts carry the loss.
+
+    Also returns token-length statistics (min, median, max, and how many
+    examples exceed max_seq_length and will be truncated).
+    """
+    from finetune.modeling import ModelLoadError
+
+    try:
+        return studio.formatted_preview(
+            dataset_id, base_model, text_column or None, prompt_column or None, completion_column or None,
+            max_seq_length, completion_only_loss, n,
+        )
+    except DatasetNotFound:
+        raise HTTPException(404, f"No dataset with id '{dataset_id}'. List datasets with GET /api/datasets.") from None
+    except DataError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ModelLoadError as exc:
+        raise HTTPException(422, f"base_model: {exc}") from None
 
 
 # -- jobs ------------------------------------------------------------------

@@ -40,6 +40,11 @@ class TrainConfig(BaseModel):
     completion_column: str | None = Field(None, description="Column holding the answer the model should learn.")
     completion_only_loss: bool = Field(True, description="Train only on completion tokens; prompt tokens are masked out of the loss.")
     max_seq_length: int = Field(256, ge=8, le=32768, description="Longer examples are truncated to this many tokens.")
+    packing: bool = Field(False, description="Pack several short examples into each max_seq_length row (faster on short data; attention stays within each example).")
+
+    eval_fraction: float = Field(0.0, ge=0, le=0.5, description="Hold out this fraction of the dataset for evaluation (split by seed). 0 disables.")
+    eval_dataset_id: str | None = Field(None, max_length=128, description="A second uploaded dataset to evaluate on (instead of eval_fraction).")
+    eval_steps: int = Field(50, ge=1, le=10000000, description="Evaluate every N steps when an eval set exists.")
 
     num_train_epochs: float = Field(10.0, gt=0, le=10000, description="Passes over the dataset (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 uses num_train_epochs instead.")
@@ -68,7 +73,7 @@ class TrainConfig(BaseModel):
             raise ValueError("max_steps must be -1 (use num_train_epochs) or at least 1")
         return v
 
-    @field_validator("text_column", "prompt_column", "completion_column")
+    @field_validator("text_column", "prompt_column", "completion_column", "eval_dataset_id")
     @classmethod
     def _blank_is_none(cls, v: str | None) -> str | None:
         return v or None
@@ -79,6 +84,8 @@ class TrainConfig(BaseModel):
             raise ValueError("set both prompt_column and completion_column, or neither")
         if self.text_column and self.prompt_column:
             raise ValueError("choose either text_column or prompt_column + completion_column, not both")
+        if self.eval_dataset_id and self.eval_fraction:
+            raise ValueError("use either eval_fraction or eval_dataset_id, not both")
         return self
 
     def target_modules(self) -> str | list[str]:

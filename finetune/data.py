@@ -60,6 +60,14 @@ class Examples:
     completions: list[str] | None
     texts: list[str] | None
     dropped: int  # rows dropped because a needed cell was empty/None/non-string
+    # Chat datasets: each example is a list of {"role", "content"} turns.
+    messages: list[list[dict[str, str]]] | None = None
+
+    def __len__(self) -> int:
+        for part in (self.texts, self.prompts, self.messages):
+            if part is not None:
+                return len(part)
+        return 0
 
 
 def load_table(path: Path, filename: str | None = None) -> Table:
@@ -363,12 +371,14 @@ def build_examples(
     if not text_column and not prompt_column:
         guess = guess_columns(table)
         if guess.format in ("chat", "sharegpt"):
-            raise _chat_error(guess.text_column or "")
+            return _chat_examples(table, guess.text_column or "", min_rows)
         text_column, prompt_column, completion_column = guess.text_column, guess.prompt_column, guess.completion_column
 
     needed = [_resolve(table, c) for c in (text_column, prompt_column, completion_column) if c]
     for column in needed:
         if _conversation_style(table, column):
+            if text_column:
+                return _chat_examples(table, column, min_rows)
             raise _chat_error(column)
 
     # Alpaca: the optional "input" column holds context that belongs in the prompt.
@@ -420,6 +430,16 @@ def _cell(value: Any) -> str | None:
 
 def _chat_error(column: str) -> DataError:
     return DataError(
-        f"Column {column!r} holds chat conversations, and chat formats are not supported yet. "
-        "Provide a text column, or a prompt and completion column pair, instead."
+        f"Column {column!r} holds chat conversations, which cannot be a prompt or completion column. "
+        f"Choose it as the text column (or leave the columns empty) to train on the conversations."
     )
+
+
+def _chat_examples(table: Table, column: str, min_rows: int) -> Examples:
+    from finetune.chat import conversations_from_rows
+
+    conversations, dropped = conversations_from_rows(table.rows, column)
+    if len(conversations) < min_rows:
+        raise DataError(f"Only {len(conversations)} usable conversations ({dropped} dropped: no assistant reply, "
+                        f"or a turn without text); at least {min_rows} needed. Add conversations with assistant turns.")
+    return Examples(prompts=None, completions=None, texts=None, dropped=dropped, messages=conversations)

@@ -113,7 +113,11 @@ class DatasetStore:
     @staticmethod
     def _describe(table: data.Table, filename: str, size: int) -> dict[str, Any]:
         guess = data.guess_columns(table)
+        # Refuse now, not at training time, a file with too few usable rows.
+        examples = data.build_examples(table)
         return {
+            "usable_rows": len(examples),
+            "dropped_rows": examples.dropped,
             "filename": filename,
             "format": table.file_format,
             "size_bytes": size,

@@ -268,9 +268,18 @@ class RunManager:
         try:
             path = self.datasets.file_path(job.config.dataset_id)
             filename = self.datasets.get(job.config.dataset_id).get("filename", path.name)
-            result = run_training(job.config, path, filename, ctx, self.settings, resume=bool(job.record.get("resumed")))
+            eval_dataset = None
+            if job.config.eval_dataset_id:
+                eval_dataset = (
+                    self.datasets.file_path(job.config.eval_dataset_id),
+                    self.datasets.get(job.config.eval_dataset_id).get("filename", ""),
+                )
+            result = run_training(
+                job.config, path, filename, ctx, self.settings,
+                resume=bool(job.record.get("resumed")), eval_dataset=eval_dataset,
+            )
         except DatasetNotFound:
-            msg = f"Dataset '{job.config.dataset_id}' no longer exists. Upload it again and start a new job."
+            msg = "The dataset of this job no longer exists. Upload it again and start a new job."
             job.events.append("ERROR", msg)
             self._set(job, status="failed", error=msg, finished_at=time.time())
         except TrainingFailed as exc:

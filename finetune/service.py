@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 from finetune import charts, data
 from finetune.config import TrainConfig
-from finetune.dataset_store import DatasetStore
+from finetune.dataset_store import DatasetNotFound, DatasetStore
 from finetune.runs import Job, RunManager
 from finetune.settings import Settings
 
@@ -32,6 +32,7 @@ class Studio:
         self.runs = RunManager(settings, self.datasets, start_worker=start_worker)
         self._metric_cache: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._cache_lock = threading.Lock()
+        self._tokenizers: dict[str, Any] = {}  # bounded: at most two loaded at once
 
     def close(self) -> None:
         self.runs.close()
@@ -44,6 +45,13 @@ class Studio:
     def start_job(self, config: TrainConfig) -> Job:
         """Check the columns against the dataset now, so a typo fails the request, not the run."""
         meta = self.datasets.get(config.dataset_id)
+        if config.eval_dataset_id:
+            try:
+                self.datasets.get(config.eval_dataset_id)
+            except DatasetNotFound:
+                raise data.DataError(
+                    f"eval_dataset_id: no dataset with id '{config.eval_dataset_id}'. Upload it first with POST /api/datasets."
+                ) from None
         columns = meta.get("columns") or []
         for name in ("text_column", "prompt_column", "completion_column"):
             value = getattr(config, name)
@@ -51,11 +59,6 @@ class Studio:
                 raise data.DataError(
                     f"{name}: column '{value}' is not in dataset {config.dataset_id}. Columns: {', '.join(columns)}."
                 )
-        guess = meta.get("guess") or {}
-        if not (config.text_column or config.prompt_column) and guess.get("format") in ("chat", "sharegpt"):
-            raise data.DataError(
-                "This dataset is in a chat format, which needs text_column or prompt_column + completion_column set."
-            )
         return self.runs.submit(config)
 
     @staticmethod
@@ -79,3 +82,49 @@ class Studio:
             while len(self._metric_cache) > _MAX_CACHED_RUNS:
                 self._metric_cache.pop(next(iter(self._metric_cache)))
         return charts.series_from_events(rows)
+
+    # -- "as the model sees it" ------------------------------------------------
+    def formatted_preview(
+        self,
+        dataset_id: str,
+        base_model: str | None = None,
+        text_column: str | None = None,
+        prompt_column: str | None = None,
+        completion_column: str | None = None,
+        max_seq_length: int = 256,
+        completion_only_loss: bool = True,
+        n: int = 3,
+    ) -> dict[str, Any]:
+        """First examples exactly as trained (masked parts marked) and token-length stats.
+
+        Loads the base model's tokenizer (the bundled one by default); hub ids
+        need network. Raises DataError / ModelLoadError with a user message.
+        """
+        from finetune import prep
+        from finetune.tinymodel import BUNDLED_MODEL_ID
+
+        table = self.datasets.load(dataset_id)
+        examples = data.build_examples(table, text_column, prompt_column, completion_column)
+        tokenizer = self._tokenizer(base_model or BUNDLED_MODEL_ID)
+        out = prep.preview(examples, tokenizer, max_seq_length, completion_only_loss, n=n)
+        out.update({
+            "dataset_id": dataset_id,
+            "base_model": base_model or BUNDLED_MODEL_ID,
+            "num_examples": len(examples),
+            "dropped_rows": examples.dropped,
+            "kind": "chat" if examples.messages is not None else "text" if examples.texts is not None else "prompt_completion",
+        })
+        return out
+
+    def _tokenizer(self, base_model: str) -> Any:
+        with self._cache_lock:
+            tok = self._tokenizers.get(base_model)
+        if tok is None:
+            from finetune import modeling
+
+            tok = modeling.load_tokenizer(modeling.resolve_model_path(base_model, self.settings), self.settings)
+            with self._cache_lock:
+                if len(self._tokenizers) >= 2:
+                    self._tokenizers.pop(next(iter(self._tokenizers)))
+                self._tokenizers[base_model] = tok
+        return tok

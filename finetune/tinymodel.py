@@ -20,22 +20,17 @@ import tempfile
 from pathlib import Path
 
 from finetune.demo import demo_rows
+from finetune.prep import FALLBACK_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
 # The id users type to pick the bundled model (the default base_model).
 BUNDLED_MODEL_ID = "bundled/tiny-llama"
 # Bump when the recipe changes so stale caches are rebuilt, never reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
-# Chat template in the ChatML style: simple, widely understood, and it marks
-# the assistant turns so completion-only loss can find them.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# ChatML: simple, widely understood, and it marks assistant turns clearly.
+CHAT_TEMPLATE = FALLBACK_CHAT_TEMPLATE
 
 _GENERAL_TEXT = """
 The quick brown fox jumps over the lazy dog. A model learns from examples.
@@ -60,6 +55,9 @@ def _corpus() -> list[str]:
     lines = [line.strip() for line in _GENERAL_TEXT.splitlines() if line.strip()]
     for row in demo_rows():
         lines.append(f"{row['prompt']}\n{row['completion']}")
+    # Chat-template scaffolding, so role names are single tokens in chat data.
+    for role in ("system", "user", "assistant"):
+        lines.extend([f"<|im_start|>{role}\n"] * 20)
     # Digits alone so every number tokenises, whatever the vocabulary learnt.
     lines.append(" ".join(str(i) for i in range(100)))
     return lines

@@ -52,6 +52,8 @@ def _make_callback(ctx: RunContext) -> Any:
         """Turns Trainer hooks into events. Runs on the training thread."""
 
         diverged_at: int | None = None
+        best_eval: tuple[float, int] | None = None
+        last_eval: tuple[float, int] | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             ctx.on_progress({"step": 0, "max_steps": state.max_steps, "epoch": 0.0, "train_started_at": time.time()})
@@ -83,6 +85,9 @@ def _make_callback(ctx: RunContext) -> Any:
                     control.should_training_stop = True
             elif "eval_loss" in logs:
                 eval_loss = float(logs["eval_loss"])
+                self.last_eval = (eval_loss, step)
+                if math.isfinite(eval_loss) and (self.best_eval is None or eval_loss < self.best_eval[0]):
+                    self.best_eval = (eval_loss, step)
                 ctx.events.append("METRIC", f"step {step} eval_loss {eval_loss:.4f}", step=step, eval_loss=eval_loss, epoch=logs.get("epoch"))
             elif "train_runtime" in logs:
                 ctx.events.append(
@@ -104,6 +109,7 @@ def run_training(
     ctx: RunContext,
     settings: Settings,
     resume: bool = False,
+    eval_dataset: tuple[Path, str] | None = None,
 ) -> RunResult:
     """Train; return normally (completed or cancelled) or raise TrainingFailed."""
     import torch
@@ -115,28 +121,30 @@ def run_training(
         torch.set_num_threads(settings.torch_threads)
 
         emit("INFO", "loading data")
-        table = data.load_table(dataset_path, dataset_filename)
-        for warning in table.warnings:
-            emit("WARNING", warning)
-        examples = data.build_examples(
-            table,
-            text_column=config.text_column,
-            prompt_column=config.prompt_column,
-            completion_column=config.completion_column,
-        )
-        n = len(examples.texts if examples.texts is not None else examples.prompts or [])
-        if examples.dropped:
-            emit("WARNING", f"dropped {examples.dropped} rows with empty or missing text")
-        emit("INFO", f"{n} training examples")
+        examples = _load_examples(config, dataset_path, dataset_filename, emit, "training")
+        eval_examples = None
+        if eval_dataset is not None:
+            eval_examples = _load_examples(config, eval_dataset[0], eval_dataset[1], emit, "evaluation")
+        elif config.eval_fraction > 0:
+            examples, eval_examples = prep.split_examples(examples, config.eval_fraction, config.seed)
+            emit("INFO", f"held out {len(eval_examples)} examples for evaluation (eval_fraction={config.eval_fraction})")
+        emit("INFO", f"{len(examples)} training examples")
 
         emit("INFO", f"loading model {config.base_model} on {plan.describe()}")
         path = modeling.resolve_model_path(config.base_model, settings)
         tokenizer = modeling.load_tokenizer(path, settings)
+        # Seed before the model is built: LoRA draws its adapter weights here,
+        # before the Trainer seeds, so without this the same seed gives other runs.
+        from transformers import set_seed
+
+        set_seed(config.seed)
         model = modeling.load_model(path, config, plan, settings)
         trainable, total = modeling.count_parameters(model)
         emit("INFO", f"{config.method} model ready: {trainable:,} trainable of {total:,} parameters")
 
         emit("INFO", "tokenising")
+        if examples.messages is not None and prep.ensure_chat_template(tokenizer):
+            emit("WARNING", "the model has no chat template; using the ChatML fallback template")
         encoded = prep.tokenize_examples(examples, tokenizer, config.max_seq_length, config.completion_only_loss)
         if encoded["truncated"]:
             emit("WARNING", f"{encoded['truncated']} examples were longer than max_seq_length={config.max_seq_length} and were truncated")
@@ -145,10 +153,21 @@ def run_training(
         if len(encoded["input_ids"]) == 0:
             raise TrainingFailed("No example has trainable tokens. Raise max_seq_length or shorten the prompts.")
         train_dataset = _to_dataset(encoded)
+        if config.packing:
+            from trl import pack_dataset
 
-        trainer = _build_trainer(config, model, tokenizer, train_dataset, ctx, plan, settings)
+            before = len(train_dataset)
+            train_dataset = pack_dataset(train_dataset, config.max_seq_length, strategy="bfd")
+            emit("INFO", f"packed {before} examples into {len(train_dataset)} rows of up to {config.max_seq_length} tokens")
+        eval_ds = None
+        if eval_examples is not None:
+            eval_encoded = prep.tokenize_examples(eval_examples, tokenizer, config.max_seq_length, config.completion_only_loss)
+            eval_ds = _to_dataset(eval_encoded) if eval_encoded["input_ids"] else None
+
+        trainer = _build_trainer(config, model, tokenizer, train_dataset, eval_ds, ctx, plan)
         callback = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StudioCallback")
-        emit("INFO", f"training: {trainer.args.max_steps if trainer.args.max_steps > 0 else 'epochs'} on {plan.describe()}")
+        span = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_train_epochs:g} epochs"
+        emit("INFO", f"training: {span} on {plan.describe()}")
         checkpoint = resume and any((ctx.run_dir / "checkpoints").glob("checkpoint-*"))
         train_output = trainer.train(resume_from_checkpoint=True if checkpoint else None)
 
@@ -164,12 +183,25 @@ def run_training(
         tokenizer.save_pretrained(str(out))
         metrics = {
             "train_loss": train_output.training_loss,
+            "train_tokens": trainer.data_collator.tokens,
+            "train_tokens_per_second": (trainer.data_collator.tokens / train_output.metrics["train_runtime"])
+            if train_output.metrics.get("train_runtime") else None,
             "train_runtime": train_output.metrics.get("train_runtime"),
             "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "global_step": train_output.global_step,
             "device": plan.describe(),
             "trainable_parameters": trainable,
         }
+        if eval_ds is not None:
+            if callback.last_eval and callback.last_eval[1] == trainer.state.global_step:
+                eval_loss = callback.last_eval[0]  # evaluated at this very step already
+            else:
+                eval_loss = trainer.evaluate().get("eval_loss")
+            metrics["eval_loss"] = eval_loss
+            metrics["perplexity"] = math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None
+            metrics["best_eval_loss"] = callback.best_eval[0] if callback.best_eval else eval_loss
+            metrics["best_eval_step"] = callback.best_eval[1] if callback.best_eval else trainer.state.global_step
+            metrics["best_model_checkpoint"] = trainer.state.best_model_checkpoint
         emit("INFO", "cancelled: model saved at the last step" if cancelled else "done")
         return RunResult(cancelled=cancelled, metrics=metrics)
     except TrainingFailed:
@@ -199,21 +231,54 @@ def _to_dataset(encoded: dict[str, Any]) -> Any:
     return Dataset.from_dict({"input_ids": encoded["input_ids"], "labels": encoded["labels"]})
 
 
-def _build_trainer(config, model, tokenizer, train_dataset, ctx, plan, settings):
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
+class _CountingCollator:
+    """Pads a batch (trl's collator) and counts the real tokens fed, for tokens/s.
 
+    Packed rows get per-row position_ids that restart at each example and no
+    attention mask: transformers then builds a block-diagonal mask, so packed
+    examples never attend to each other, and attention stays per row (cheap)
+    instead of over one flattened batch. Runs on the training thread.
+    """
+
+    def __init__(self, pad_token_id: int, packed: bool) -> None:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.packed = packed
+        self.inner = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, return_position_ids=packed)
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        self.tokens += sum(len(f["input_ids"]) for f in features)
+        batch = self.inner(features)
+        if self.packed:
+            batch.pop("attention_mask", None)
+            # The first token of each packed example must not be predicted from the one before.
+            batch["labels"][batch["position_ids"] == 0] = prep.IGNORE_INDEX
+        return batch
+
+
+def _build_trainer(config, model, tokenizer, train_dataset, eval_dataset, ctx, plan):
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    has_eval = eval_dataset is not None
     args = TrainingArguments(
         output_dir=str(ctx.run_dir / "checkpoints"),
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
         per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type,
         weight_decay=config.weight_decay,
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps if has_eval else None,
+        # Recorded, not restored: the final weights are the last step's.
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
@@ -226,16 +291,31 @@ def _build_trainer(config, model, tokenizer, train_dataset, ctx, plan, settings)
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    # Pads input_ids with pad and labels with -100: right for causal LM too.
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=prep.IGNORE_INDEX)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=collator,
+        eval_dataset=eval_dataset,
+        data_collator=_CountingCollator(pad_id, packed=config.packing),
         processing_class=tokenizer,
         callbacks=[_make_callback(ctx)],
     )
     # Events replace the console printer; keep the server log quiet.
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _load_examples(config: TrainConfig, path: Path, filename: str, emit: Callable[..., Any], what: str) -> data.Examples:
+    table = data.load_table(path, filename)
+    for warning in table.warnings:
+        emit("WARNING", f"{what} data: {warning}")
+    examples = data.build_examples(
+        table,
+        text_column=config.text_column,
+        prompt_column=config.prompt_column,
+        completion_column=config.completion_column,
+    )
+    if examples.dropped:
+        emit("WARNING", f"{what} data: dropped {examples.dropped} rows with empty or missing text")
+    return examples

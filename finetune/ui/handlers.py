@@ -24,6 +24,8 @@ LOG_LINES = 200  # the log view shows the latest lines only: bounded however lon
 
 # Form fields in the order the UI lists its inputs (see layout.FORM_FIELDS).
 COLUMN_FIELDS = ("text_column", "prompt_column", "completion_column")
+# tick() returns: status, loss plot, lr plot, logs, seen marker, timer, start button, stop button.
+MONITOR_OUTPUTS = 8
 
 
 class Handlers:
@@ -75,22 +77,29 @@ class Handlers:
         )
 
     # -- runs --------------------------------------------------------------
-    def start(self, dataset_id: str | None, *values: Any):
+    def start(self, dataset_id: str | None, smoothing: float, log_y: bool, seen: str, *values: Any):
+        """Start a run and redraw the monitor in the same reply (no second round trip).
+
+        Returns the message, then the monitor outputs (see tick). A refused
+        start leaves the monitor and its timer as they were: another tab's run
+        may be the one being watched.
+        """
         payload: dict[str, Any] = {"dataset_id": dataset_id or ""}
         for name, value in zip(self.form_fields, values, strict=True):
             if value is None or value == "":
                 continue  # the schema default applies
             payload[name] = value
+        unchanged = (gr.skip(),) * MONITOR_OUTPUTS
         try:
             config = TrainConfig.model_validate(payload)
             job = self.studio.start_job(config)
         except ValidationError as exc:
-            return render.message_html(describe_validation_error(exc)), gr.Timer(active=False)
+            return render.message_html(describe_validation_error(exc)), *unchanged
         except DatasetNotFound:
-            return render.message_html("Choose a dataset first: upload a file or click 'Use demo dataset'."), gr.Timer(active=False)
+            return render.message_html("Choose a dataset first: upload a file or click 'Use demo dataset'."), *unchanged
         except DataError as exc:
-            return render.message_html(str(exc)), gr.Timer(active=False)
-        return render.message_html(f"Started job {job.job_id}.", "ok"), gr.Timer(active=True)
+            return render.message_html(str(exc)), *unchanged
+        return render.message_html(f"Started job {job.job_id}.", "ok"), *self.tick(smoothing, log_y, seen, force=True)
 
     def stop(self):
         job = self.studio.runs.current()

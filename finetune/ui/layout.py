@@ -7,30 +7,40 @@ import gradio as gr
 from finetune.config import SCHEDULERS, TrainConfig, field_help
 from finetune.data import SUPPORTED_EXTENSIONS
 from finetune.service import Studio
-from finetune.ui.handlers import Handlers
+from finetune.ui.handlers import MONITOR_OUTPUTS, Handlers
 
 CSS = """
 .ft-status {padding: 8px 4px;}
-.ft-status-top {display:flex; gap:10px; align-items:center; margin-bottom:6px;}
+.ft-status-top {display:flex; flex-wrap:wrap; gap:10px; align-items:center; margin-bottom:6px;}
 .ft-badge {color:#fff; border-radius:10px; padding:1px 10px; font-weight:600; font-size:0.9em;}
-.ft-job {font-family: ui-monospace, monospace; color:#555;}
+.ft-job {font-family: ui-monospace, monospace; color:#555; word-break:break-all;}
 .ft-bar {height:10px; background:#e5e7eb; border-radius:5px; overflow:hidden;}
 .ft-bar-fill {height:100%; background:#2563eb; transition: width .5s;}
-.ft-stats {display:flex; flex-wrap:wrap; gap:14px; margin-top:6px; font-size:0.92em;}
+.ft-status[data-status=completed] .ft-bar-fill {background:#15803d;}
+.ft-status[data-status=failed] .ft-bar-fill, .ft-status[data-status=interrupted] .ft-bar-fill {background:#b91c1c;}
+.ft-status[data-status=cancelled] .ft-bar-fill {background:#9ca3af;}
+.ft-stats {display:flex; flex-wrap:wrap; gap:4px 14px; margin-top:6px; font-size:0.92em;}
 .ft-error, .ft-msg-error {color:#b91c1c; margin-top:6px; white-space:pre-wrap;}
 .ft-msg-ok {color:#15803d;}
 .ft-warn {color:#a16207;}
 .ft-muted {color:#6b7280;}
-.ft-logs {height:260px; overflow-y:auto; display:flex; flex-direction:column-reverse;
-          font-family: ui-monospace, monospace; font-size:12px; background:#0f172a; color:#e2e8f0;
-          border-radius:6px; padding:6px 8px;}
-.ft-log {white-space:pre-wrap; word-break:break-word;}
-.ft-ts {color:#94a3b8;}
-.ft-lvl {font-weight:700;}
-.ft-info .ft-lvl {color:#93c5fd;}
-.ft-metric .ft-lvl {color:#86efac;}
-.ft-warning .ft-lvl, .ft-warning {color:#fcd34d;}
-.ft-error .ft-lvl, .ft-log.ft-error {color:#fca5a5;}
+/* Empty message boxes would leave a gap in the column: hide them until they say something. */
+#dataset-msg:has(.html-container > div:empty), #run-msg:has(.html-container > div:empty) {display:none;}
+/* Gradio floats each plot's label over its top-left corner: start the figure below it. */
+#loss-plot [data-testid=plotly], #lr-plot [data-testid=plotly] {margin-top:30px;}
+/* The log box: light text on dark. The id keeps these rules above Gradio's own text colours. */
+#run-logs .ft-logs {height:280px; overflow-y:auto; display:flex; flex-direction:column-reverse;
+          font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12px; line-height:1.45;
+          background:#0f172a; color:#e2e8f0; border-radius:6px; padding:8px 10px;}
+#run-logs .ft-log {color:#e2e8f0; white-space:pre-wrap; word-break:break-word; margin:0;}
+#run-logs .ft-ts {color:#94a3b8;}
+#run-logs .ft-lvl {font-weight:700; display:inline-block; min-width:4.5em;}
+#run-logs .ft-lvl-info .ft-lvl {color:#93c5fd;}
+#run-logs .ft-lvl-metric .ft-lvl {color:#86efac;}
+#run-logs .ft-lvl-metric .ft-text {color:#cbd5e1;}
+#run-logs .ft-lvl-warning .ft-lvl, #run-logs .ft-lvl-warning .ft-text {color:#fcd34d;}
+#run-logs .ft-lvl-error .ft-lvl, #run-logs .ft-lvl-error .ft-text {color:#fca5a5;}
+#run-logs .ft-log.ft-muted {color:#94a3b8;}
 """
 
 # Hyperparameters shown in the form, in order (each is a TrainConfig field).
@@ -123,9 +133,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
             smoothing = gr.Slider(0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", elem_id="smoothing")
             log_y = gr.Checkbox(value=False, label="Log scale (loss)", elem_id="log-y")
         with gr.Row(equal_height=False):
-            loss_plot = gr.Plot(label="Loss", elem_id="loss-plot")
-            lr_plot = gr.Plot(label="Learning rate", elem_id="lr-plot")
-        logs = gr.HTML(elem_id="run-logs")
+            # min_width: side by side on a wide screen, stacked on a phone.
+            loss_plot = gr.Plot(label="Loss", elem_id="loss-plot", min_width=400)
+            lr_plot = gr.Plot(label="Learning rate", elem_id="lr-plot", min_width=400)
+        logs = gr.HTML(label="Logs", show_label=True, elem_id="run-logs")
         seen = gr.State("")
         timer = gr.Timer(2.0, active=False)
 
@@ -133,14 +144,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 warmup, sched, wd, log_steps, save_steps, seed, completion_only, lora_r, lora_alpha, lora_dropout, lora_targets]
         assert len(form) == len(FORM_FIELDS)
         monitor_out = [status, loss_plot, lr_plot, logs, seen, timer, start, stop]
+        assert len(monitor_out) == MONITOR_OUTPUTS
         private = {"api_visibility": "private"}
 
         upload.upload(h.upload, [upload], [dataset, data_msg], **private)
         demo_btn.click(h.use_demo, None, [dataset, data_msg], **private)
         dataset.change(h.select_dataset, [dataset], [data_info, preview, text_col, prompt_col, completion_col], **private)
-        start.click(h.start, [dataset, *form], [run_msg, timer], **private).then(
-            h.redraw, [smoothing, log_y, seen], monitor_out, **private
-        )
+        start.click(h.start, [dataset, smoothing, log_y, seen, *form], [run_msg, *monitor_out],
+                    show_progress="minimal", **private)
         stop.click(h.stop, None, [run_msg], **private)
         # The tick is cheap and read-only: let every open tab run it at once.
         timer.tick(h.tick, [smoothing, log_y, seen], monitor_out, concurrency_limit=None, show_progress="hidden", **private)

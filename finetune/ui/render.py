@@ -66,9 +66,10 @@ def logs_html(events: list[dict[str, Any]]) -> str:
     for ev in events:
         level = str(ev.get("level", "INFO"))
         stamp = time.strftime("%H:%M:%S", time.localtime(float(ev.get("time") or 0)))
+        # ft-lvl-<level>, not ft-<level>: "ft-error" is the status box's error style.
         lines.append(
-            f'<div class="ft-log ft-{escape(level.lower())}"><span class="ft-ts">{stamp}</span> '
-            f'<span class="ft-lvl">{escape(level)}</span> {escape(str(ev.get("message", "")))}</div>'
+            f'<div class="ft-log ft-lvl-{escape(level.lower())}"><span class="ft-ts">{stamp}</span> '
+            f'<span class="ft-lvl">{escape(level)}</span> <span class="ft-text">{escape(str(ev.get("message", "")))}</span></div>'
         )
     # column-reverse keeps the newest line in view without any script.
     return '<div class="ft-logs"><div class="ft-logs-inner">' + "".join(lines) + "</div></div>"
