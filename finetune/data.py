@@ -285,6 +285,17 @@ def text_columns(table: Table) -> list[str]:
     return result
 
 
+def _numbers_only(table: Table, column: str) -> bool:
+    for row in table.rows:
+        value = row.get(column)
+        if isinstance(value, str) and value.strip():
+            try:
+                float(value)
+            except ValueError:
+                return False
+    return True
+
+
 def _conversation_style(table: Table, column: str) -> str | None:
     """'chat' for [{"role", "content"}...], 'sharegpt' for [{"from", "value"}...], else None."""
     values = [row.get(column) for row in table.rows if row.get(column) is not None][:20]
@@ -321,9 +332,12 @@ def guess_columns(table: Table) -> ColumnGuess:
         return ColumnGuess("prompt_completion", None, prompt, completion)
 
     text = next((usable[n] for n in _TEXT_NAMES if n in usable), None)
-    if text is None and texts:
+    # Without a telling name, a column of numbers only (CSV cells are always
+    # strings) is an id or a score, not text to train on.
+    wordy = [c for c in table.columns if c in texts and not _numbers_only(table, c)]
+    if text is None and wordy:
         # No telling name: the column with the longest values is most likely the content.
-        text = max((c for c in table.columns if c in texts), key=lambda c: _average_length(table, c))
+        text = max(wordy, key=lambda c: _average_length(table, c))
     if text is None:
         raise DataError(f"No column holds text. Columns found: {_quote_list(table.columns)}. "
                         "Add a column named 'text', or 'prompt' and 'completion'.")

@@ -117,7 +117,7 @@ def wait_for(
     statuses: str | tuple[str, ...] | list[str] = TERMINAL,
     timeout: float = 120.0,
     until: Callable[[dict[str, Any]], bool] | None = None,
-    interval: float = 0.05,
+    interval: float = 0.1,
 ) -> dict[str, Any]:
     """Poll ``/api/status?job_id=`` until the status is one of ``statuses``
     (and ``until(status)`` holds, if given); return the last status.

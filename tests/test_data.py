@@ -365,12 +365,16 @@ def test_build_examples_too_few_rows():
         build_examples(t, text_column="text")
 
 
-def test_build_examples_rejects_chat_and_mixed_modes():
-    chat = table([{"messages": [{"role": "user", "content": "hi"}]}] * 3)
-    with pytest.raises(DataError, match="not supported yet"):
-        build_examples(chat)
-    with pytest.raises(DataError, match="not supported yet"):
-        build_examples(chat, text_column="messages")
+def test_build_examples_chat_and_mixed_modes():
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    chat = table([{"messages": turns, "title": "t"}] * 3)
+    assert build_examples(chat).messages == [turns] * 3
+    assert build_examples(chat, text_column="messages").messages == [turns] * 3
+    with pytest.raises(DataError, match="cannot be a prompt or completion column"):
+        build_examples(chat, prompt_column="messages", completion_column="title")
+    no_reply = table([{"messages": [{"role": "user", "content": "hi"}]}] * 3)
+    with pytest.raises(DataError, match="no assistant reply"):
+        build_examples(no_reply)
     t = table([{"a": "x", "b": "y"}] * 3)
     with pytest.raises(DataError, match="not both"):
         build_examples(t, text_column="a", prompt_column="a", completion_column="b")
