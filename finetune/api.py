@@ -197,6 +197,26 @@ def cancel_job(studio: StudioDep, job_id: str) -> dict[str, Any]:
     return {"job_id": job.job_id, "status": job.record["status"], "stop_requested": job.stop.is_set()}
 
 
+@router.post("/jobs/{job_id}/resume", summary="Resume a cancelled, interrupted or failed run from its last checkpoint")
+def resume_job(studio: StudioDep, job_id: str) -> dict[str, Any]:
+    _job(studio, job_id)
+    try:
+        job = studio.runs.resume(job_id)
+    except JobStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return {"job_id": job.job_id, "status": job.record["status"]}
+
+
+@router.delete("/jobs/{job_id}", summary="Delete a finished run and its files")
+def delete_job(studio: StudioDep, job_id: str) -> dict[str, Any]:
+    _job(studio, job_id)
+    try:
+        studio.delete_job(job_id)
+    except JobStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return {"job_id": job_id, "deleted": True}
+
+
 @router.get("/jobs/{job_id}/metrics", summary="Training and eval metrics as arrays")
 def job_metrics(studio: StudioDep, job_id: str) -> dict[str, Any]:
     job = _job(studio, job_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 import threading
 import time
 from collections import deque
@@ -83,6 +84,8 @@ class RunManager:
 
     # -- recovery --------------------------------------------------------
     def _recover(self) -> None:
+        for leftover in self.root.glob(".deleted-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         requeue: list[Job] = []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
@@ -174,6 +177,39 @@ class RunManager:
             return job
         raise JobStateError(f"Job {job_id} is already {job.record['status']}; only queued or running jobs can be cancelled.")
 
+    def resume(self, job_id: str) -> Job:
+        """Queue a cancelled, interrupted or failed run again in its own folder.
+
+        Training continues from the newest checkpoint (a cancelled run saved
+        one when it stopped); events keep their sequence, so readers' cursors
+        stay valid.
+        """
+        job = self.get(job_id)
+        with self._cond:
+            status = job.record["status"]
+            if status not in ("cancelled", "interrupted", "failed"):
+                raise JobStateError(f"Job {job_id} is {status}; only cancelled, interrupted or failed runs can be resumed.")
+            checkpoints = sorted((job.run_dir / "checkpoints").glob("checkpoint-*"))
+            job.stop.clear()
+            where = f"from {checkpoints[-1].name}" if checkpoints else "from the start (no checkpoint was saved)"
+            job.events.append("INFO", f"resume requested: continuing {where}")
+            self._set(job, status="queued", resumed=True, error=None, finished_at=None)
+            self._queue.append(job_id)
+            self._cond.notify_all()
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished run and its folder (checkpoints, model, events)."""
+        job = self.get(job_id)
+        with self._cond:
+            if job.record["status"] in ACTIVE:
+                raise JobStateError(f"Job {job_id} is {job.record['status']}; cancel it before deleting it.")
+            self._jobs.pop(job_id, None)
+        # Rename first so a half-deleted folder is never reloaded as a run.
+        trash = self.root / f".deleted-{job_id}"
+        job.run_dir.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker: cancel the running job cooperatively and wait."""
         with self._cond:
@@ -201,6 +237,7 @@ class RunManager:
                 "job_id": None, "status": "idle", "step": 0, "max_steps": None, "epoch": None,
                 "progress": 0.0, "loss": None, "learning_rate": None, "eta_seconds": None,
                 "elapsed_seconds": None, "error": None,
+                "samples_per_second": None, "tokens_per_second": None, "gpu_memory_mb": None,
             }
         rec = job.snapshot()
         step, max_steps = rec.get("step") or 0, rec.get("max_steps")
@@ -213,8 +250,9 @@ class RunManager:
         elapsed = (end - started) if started else None
         eta = None
         t0 = rec.get("train_started_at")
-        if rec["status"] == "running" and t0 and step > 0 and max_steps:
-            eta = max(0.0, (now - t0) / step * (max_steps - step))
+        done = step - (rec.get("train_start_step") or 0)
+        if rec["status"] == "running" and t0 and done > 0 and max_steps:
+            eta = max(0.0, (now - t0) / done * (max_steps - step))
         return {
             "job_id": rec["job_id"],
             "status": rec["status"],
@@ -227,6 +265,9 @@ class RunManager:
             "eta_seconds": None if eta is None else round(eta, 1),
             "elapsed_seconds": None if elapsed is None else round(elapsed, 1),
             "error": rec.get("error"),
+            "samples_per_second": rec.get("samples_per_second"),
+            "tokens_per_second": rec.get("tokens_per_second"),
+            "gpu_memory_mb": rec.get("gpu_memory_mb"),
         }
 
     # -- worker ----------------------------------------------------------

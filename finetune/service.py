@@ -61,6 +61,11 @@ class Studio:
                 )
         return self.runs.submit(config)
 
+    def delete_job(self, job_id: str) -> None:
+        self.runs.delete(job_id)
+        with self._cache_lock:
+            self._metric_cache.pop(job_id, None)
+
     @staticmethod
     def job_summary(job: Job) -> dict[str, Any]:
         rec = job.snapshot()

@@ -45,7 +45,7 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def _make_callback(ctx: RunContext) -> Any:
+def _make_callback(ctx: RunContext, cuda: bool = False) -> Any:
     from transformers import TrainerCallback
 
     class StudioCallback(TrainerCallback):
@@ -55,11 +55,31 @@ def _make_callback(ctx: RunContext) -> Any:
         best_eval: tuple[float, int] | None = None
         last_eval: tuple[float, int] | None = None
 
+        token_count: Callable[[], int] = staticmethod(lambda: 0)
+        _t0 = 0.0
+        _step0 = 0
+        _tokens0 = 0
+
         def on_train_begin(self, args, state, control, **kwargs):
-            ctx.on_progress({"step": 0, "max_steps": state.max_steps, "epoch": 0.0, "train_started_at": time.time()})
+            # A resumed run starts at its checkpoint's step: rates count from here.
+            self._t0, self._step0, self._tokens0 = time.time(), state.global_step, self.token_count()
+            ctx.on_progress({"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch or 0.0,
+                             "train_started_at": self._t0, "train_start_step": self._step0})
 
         def on_step_end(self, args, state, control, **kwargs):
-            ctx.on_progress({"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch})
+            elapsed = max(time.time() - self._t0, 1e-9)
+            steps = state.global_step - self._step0
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+            fields = {
+                "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+                "samples_per_second": round(steps * per_step / elapsed, 2),
+                "tokens_per_second": round((self.token_count() - self._tokens0) / elapsed, 1),
+            }
+            if cuda:
+                import torch
+
+                fields["gpu_memory_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+            ctx.on_progress(fields)
             if ctx.should_stop():
                 # Cooperative stop: the Trainer finishes this step, then saves.
                 control.should_training_stop = True
@@ -166,6 +186,8 @@ def run_training(
 
         trainer = _build_trainer(config, model, tokenizer, train_dataset, eval_ds, ctx, plan)
         callback = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StudioCallback")
+        collator = trainer.data_collator
+        callback.token_count = lambda: collator.tokens
         span = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_train_epochs:g} epochs"
         emit("INFO", f"training: {span} on {plan.describe()}")
         checkpoint = resume and any((ctx.run_dir / "checkpoints").glob("checkpoint-*"))
@@ -299,7 +321,7 @@ def _build_trainer(config, model, tokenizer, train_dataset, eval_dataset, ctx, p
         eval_dataset=eval_dataset,
         data_collator=_CountingCollator(pad_id, packed=config.packing),
         processing_class=tokenizer,
-        callbacks=[_make_callback(ctx)],
+        callbacks=[_make_callback(ctx, cuda=plan.device == "cuda")],
     )
     # Events replace the console printer; keep the server log quiet.
     trainer.remove_callback(PrinterCallback)

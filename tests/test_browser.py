@@ -311,7 +311,7 @@ def test_upload_with_markup_in_name_and_cells_is_inert(tab: Tab) -> None:
     page.reload()
     tab.wait_loaded()
     page.click("#dataset-select input")
-    page.locator("ul.options li", has_text="onerror=window").first.click()
+    page.locator("[data-testid=dropdown-option]", has_text="onerror=window").first.click()
     page.wait_for_function(
         "(name) => (document.querySelector('#dataset-info') || {}).textContent.includes(name)",
         arg=name, timeout=UI_S * 1000,
@@ -355,7 +355,9 @@ def test_live_run_reload_and_stop(tab: Tab) -> None:
     tab.shot("03-running-1280.png")
 
     # Zoom on the loss chart (a box drag along x): refreshes keep it (uirevision).
-    box = page.locator("#loss-plot .nsewdrag").first.bounding_box()
+    drag = page.locator("#loss-plot .nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()
     assert box is not None
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * 0.15, y)
@@ -400,7 +402,7 @@ def test_short_run_completes_and_polling_stops(tab: Tab) -> None:
     assert "30 / 30" in status_text
     assert "100.0%" in status_text
     width = page.evaluate("document.querySelector('#run-status .ft-bar-fill').style.width")
-    assert width == "100.0%"
+    assert float(width.rstrip("%")) == 100
     assert tab.points() >= 30 // 5  # a point every 5 steps
     page.wait_for_function("() => !document.querySelector('#start-btn').disabled", timeout=UI_S * 1000)
 
