@@ -7,6 +7,7 @@ the studio (and starting the server) stays fast.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,34 @@ def pick_device() -> DevicePlan:
     return DevicePlan("cpu", bf16=False, fp16=False)
 
 
+def check_model_source(base_model: str, settings: Settings) -> None:
+    """Refuse local folders outside the allowed roots (raises ModelLoadError).
+
+    transformers treats any existing folder as a local model, so without this
+    an API caller could make the server read arbitrary directories.
+    """
+    if base_model == BUNDLED_MODEL_ID:
+        return
+    path = Path(base_model).expanduser()
+    looks_local = path.is_absolute() or base_model.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return  # a Hub id
+    # abspath normalises "..", but keeps links: a link the operator put in an
+    # allowed folder is the operator's choice.
+    resolved = Path(os.path.abspath(path))
+    if not any(resolved == root or root in resolved.parents for root in settings.allowed_model_roots):
+        roots = ", ".join(str(r) for r in settings.allowed_model_roots)
+        raise ModelLoadError(
+            f"Local model folder '{base_model}' is outside the allowed model folders ({roots}). "
+            "Move the model there, or have the operator add its folder to FINETUNE_MODEL_ROOTS."
+        )
+
+
 def resolve_model_path(base_model: str, settings: Settings) -> str:
-    """Map the bundled id to its (built on first use) folder; pass others through."""
+    """Map the bundled id to its (built on first use) folder; check and pass others through."""
     if base_model == BUNDLED_MODEL_ID:
         return str(ensure_tiny_model(settings.models_dir))
+    check_model_source(base_model, settings)
     return base_model
 
 

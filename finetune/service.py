@@ -45,6 +45,12 @@ class Studio:
     def start_job(self, config: TrainConfig) -> Job:
         """Check the columns against the dataset now, so a typo fails the request, not the run."""
         meta = self.datasets.get(config.dataset_id)
+        from finetune.modeling import ModelLoadError, check_model_source
+
+        try:
+            check_model_source(config.base_model, self.settings)
+        except ModelLoadError as exc:
+            raise data.DataError(f"base_model: {exc}") from None
         if config.eval_dataset_id:
             try:
                 self.datasets.get(config.eval_dataset_id)

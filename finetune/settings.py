@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         False, validation_alias=AliasChoices("FINETUNE_TRUST_REMOTE_CODE"),
         description="Allow models whose code lives on the Hub. Off: only built-in architectures load.",
     )
+    model_roots: str = Field(
+        "", validation_alias=AliasChoices("FINETUNE_MODEL_ROOTS"),
+        description="Folders (separated by ':') under which local base models may be loaded; FINETUNE_HOME/models always is.",
+    )
     torch_threads: int = Field(
         default_factory=_default_threads, ge=1,
         validation_alias=AliasChoices("FINETUNE_TORCH_THREADS"),
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def allowed_model_roots(self) -> list[Path]:
+        roots = [self.models_dir]
+        roots += [Path(p) for p in self.model_roots.split(os.pathsep) if p.strip()]
+        return [Path(os.path.abspath(r.expanduser())) for r in roots]
 
     @property
     def max_upload_bytes(self) -> int:
