@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 from finetune import charts, data
 from finetune.config import TrainConfig
 from finetune.dataset_store import DatasetNotFound, DatasetStore
+from finetune.metrics_cache import MetricsCache
 from finetune.runs import Job, RunManager
 from finetune.settings import Settings
 
@@ -30,7 +31,7 @@ class Studio:
         self.datasets = DatasetStore(settings.datasets_dir)
         self.datasets.ensure_demo()
         self.runs = RunManager(settings, self.datasets, start_worker=start_worker)
-        self._metric_cache: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._metrics = MetricsCache(max_runs=_MAX_CACHED_RUNS)
         self._cache_lock = threading.Lock()
         self._tokenizers: dict[str, Any] = {}  # bounded: at most two loaded at once
 
@@ -69,8 +70,7 @@ class Studio:
 
     def delete_job(self, job_id: str) -> None:
         self.runs.delete(job_id)
-        with self._cache_lock:
-            self._metric_cache.pop(job_id, None)
+        self._metrics.forget(job_id)
 
     @staticmethod
     def job_summary(job: Job) -> dict[str, Any]:
@@ -83,16 +83,7 @@ class Studio:
 
     def series(self, job: Job) -> charts.MetricSeries:
         """Metric series for charts, read incrementally from the event log."""
-        with self._cache_lock:
-            cursor, rows = self._metric_cache.get(job.job_id, (0, []))
-            new = job.events.read(cursor, limit=1_000_000_000)
-            if new:
-                rows = rows + [e for e in new if e.get("level") == "METRIC"]
-                cursor = new[-1]["seq"]
-            self._metric_cache[job.job_id] = (cursor, rows)
-            while len(self._metric_cache) > _MAX_CACHED_RUNS:
-                self._metric_cache.pop(next(iter(self._metric_cache)))
-        return charts.series_from_events(rows)
+        return self._metrics.series(job.job_id, job.events)
 
     # -- "as the model sees it" ------------------------------------------------
     def formatted_preview(
