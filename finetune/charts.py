@@ -216,6 +216,9 @@ def _base_figure(y_title: str, uirevision: str, empty: bool) -> go.Figure:
         yaxis={"title": {"text": y_title}, "showgrid": True, "gridcolor": "#eee", "zeroline": False},
     )
     if empty:
+        # Hide the axes: with nothing to range over, Plotly draws a made-up -1..6 / -1..4 scale.
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
         fig.add_annotation(
             text="No metrics yet", xref="paper", yref="paper", x=0.5, y=0.5,
             showarrow=False, font={"size": 14, "color": "#888"},

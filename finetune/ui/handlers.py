@@ -70,7 +70,9 @@ class Handlers:
         is_pc = guess.get("format") in ("prompt_completion", "alpaca")
         return (
             render.dataset_html(meta),
-            gr.Dataframe(value=rows, headers=headers),
+            # Equal shares for a few columns; many columns keep their natural width and scroll.
+            gr.Dataframe(value=rows, headers=headers,
+                         column_widths=[f"{100 / len(headers):g}%"] * len(headers) if len(headers) <= 4 else None),
             gr.Dropdown(choices=choices, value="" if is_pc else (guess.get("text_column") or "")),
             gr.Dropdown(choices=choices, value=(guess.get("prompt_column") or "") if is_pc else ""),
             gr.Dropdown(choices=choices, value=(guess.get("completion_column") or "") if is_pc else ""),
@@ -106,7 +108,7 @@ class Handlers:
         if job is None or job.record["status"] not in ACTIVE:
             return render.message_html("No run is active.", "ok")
         self.studio.runs.cancel(job.job_id)
-        return render.message_html(f"Stopping job {job.job_id}: it saves at the next step.", "ok")
+        return render.message_html(f"Stop requested for job {job.job_id}: it stops and saves after the current step.", "ok")
 
     def tick(self, smoothing: float, log_y: bool, seen: str, force: bool = False):
         """Timer tick: status and logs always, charts only when events arrived."""
@@ -122,6 +124,10 @@ class Handlers:
             series = self.studio.series(job) if job else None
             loss = loss_figure(series, smoothing=smoothing, log_y=log_y) if series else loss_figure(_empty_series())
             lr = lr_figure(series) if series else lr_figure(_empty_series())
+            # A zoom belongs to one run: a new run starts unzoomed (see zoom.py).
+            run = job.job_id if job else ""
+            loss.update_layout(uirevision=f"loss:{run}")
+            lr.update_layout(uirevision=f"lr:{run}")
         else:
             loss = lr = gr.skip()
         return (

@@ -8,6 +8,7 @@ from finetune.config import SCHEDULERS, TrainConfig, field_help
 from finetune.data import SUPPORTED_EXTENSIONS
 from finetune.service import Studio
 from finetune.ui.handlers import MONITOR_OUTPUTS, Handlers
+from finetune.ui.zoom import ZOOM_KEEPER_JS
 
 CSS = """
 .ft-status {padding: 8px 4px;}
@@ -26,13 +27,17 @@ CSS = """
 .ft-muted {color:#6b7280;}
 /* Empty message boxes would leave a gap in the column: hide them until they say something. */
 #dataset-msg:has(.html-container > div:empty), #run-msg:has(.html-container > div:empty) {display:none;}
+#ft-zoom-keeper {display:none;}
+/* The Soft theme draws "stop" like a plain button: make an active Stop read as one. */
+#stop-btn:not(:disabled) {background:#fef2f2; color:#b91c1c; border-color:#fca5a5;}
+#stop-btn:not(:disabled):hover {background:#fee2e2;}
 /* Gradio floats each plot's label over its top-left corner: start the figure below it. */
 #loss-plot [data-testid=plotly], #lr-plot [data-testid=plotly] {margin-top:30px;}
 /* The log box: light text on dark. The id keeps these rules above Gradio's own text colours. */
-#run-logs .ft-logs {height:280px; overflow-y:auto; display:flex; flex-direction:column-reverse;
+#run-logs .ft-logs {margin-top:30px; min-height:60px; max-height:300px; overflow-y:auto; display:flex; flex-direction:column-reverse;
           font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12px; line-height:1.45;
           background:#0f172a; color:#e2e8f0; border-radius:6px; padding:8px 10px;}
-#run-logs .ft-log {color:#e2e8f0; white-space:pre-wrap; word-break:break-word; margin:0;}
+#run-logs .ft-log, #run-logs .ft-text {color:#e2e8f0; white-space:pre-wrap; word-break:break-word; margin:0;}
 #run-logs .ft-ts {color:#94a3b8;}
 #run-logs .ft-lvl {font-weight:700; display:inline-block; min-width:4.5em;}
 #run-logs .ft-lvl-info .ft-lvl {color:#93c5fd;}
@@ -41,6 +46,7 @@ CSS = """
 #run-logs .ft-lvl-warning .ft-lvl, #run-logs .ft-lvl-warning .ft-text {color:#fcd34d;}
 #run-logs .ft-lvl-error .ft-lvl, #run-logs .ft-lvl-error .ft-text {color:#fca5a5;}
 #run-logs .ft-log.ft-muted {color:#94a3b8;}
+#run-logs .ft-lvl-info .ft-text {color:#cbd5e1;}
 """
 
 # Hyperparameters shown in the form, in order (each is a TrainConfig field).
@@ -82,7 +88,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="dataset-select", interactive=True)
                 data_msg = gr.HTML(elem_id="dataset-msg")
                 data_info = gr.HTML(elem_id="dataset-info")
-                preview = gr.Dataframe(label="Preview (first rows)", interactive=False, max_height=240, wrap=True, elem_id="dataset-preview")
+                # max_chars: one long cell must not squeeze the other columns to a letter wide.
+                preview = gr.Dataframe(label="Preview (first rows)", interactive=False, max_height=260, wrap=True, max_chars=120,
+                                       elem_id="dataset-preview")
                 with gr.Row():
                     text_col = gr.Dropdown(label="Text column", info=field_help("text_column"), choices=[], elem_id="cfg-text_column")
                 with gr.Row():
@@ -136,7 +144,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             # min_width: side by side on a wide screen, stacked on a phone.
             loss_plot = gr.Plot(label="Loss", elem_id="loss-plot", min_width=400)
             lr_plot = gr.Plot(label="Learning rate", elem_id="lr-plot", min_width=400)
-        logs = gr.HTML(label="Logs", show_label=True, elem_id="run-logs")
+        logs = gr.HTML(label="Logs", show_label=True, container=True, elem_id="run-logs")
+        # No content: only its script, which keeps chart zoom across updates (see zoom.py).
+        gr.HTML("", elem_id="ft-zoom-keeper", js_on_load=ZOOM_KEEPER_JS)
         seen = gr.State("")
         timer = gr.Timer(2.0, active=False)
 

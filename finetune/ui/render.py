@@ -55,8 +55,27 @@ def status_html(view: dict[str, Any]) -> str:
         f'<span>elapsed <b>{fmt_duration(view.get("elapsed_seconds"))}</b></span>'
         f'<span>loss <b>{fmt_number(view.get("loss"))}</b></span>'
         f'<span>lr <b>{fmt_number(view.get("learning_rate"), ".2e")}</b></span>'
-        f"</div>{error_html}</div>"
+        f"{_throughput_html(view)}</div>{error_html}</div>"
     )
+
+
+def _rate(value: Any) -> str:
+    try:
+        return fmt_number(value, ",.0f" if abs(float(value)) >= 100 else ".3g")
+    except (TypeError, ValueError):
+        return fmt_number(value)
+
+
+def _throughput_html(view: dict[str, Any]) -> str:
+    """Live speed and memory, shown only once the run reports them."""
+    parts = []
+    if view.get("samples_per_second") is not None:
+        parts.append(f'<span><b>{_rate(view["samples_per_second"])}</b> samples/s</span>')
+    if view.get("tokens_per_second") is not None:
+        parts.append(f'<span><b>{_rate(view["tokens_per_second"])}</b> tokens/s</span>')
+    if view.get("gpu_memory_mb") is not None:
+        parts.append(f'<span>GPU memory <b>{fmt_number(view["gpu_memory_mb"], ",.0f")} MB</b></span>')
+    return "".join(parts)
 
 
 def logs_html(events: list[dict[str, Any]]) -> str:
