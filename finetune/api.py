@@ -9,8 +9,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +19,7 @@ from starlette.background import BackgroundTask
 from finetune import charts
 from finetune.config import TrainConfig
 from finetune.data import DataError
-from finetune.dataset_store import DatasetNotFound, UploadTooLarge
+from finetune.dataset_store import DatasetNotFound, DatasetStore, UploadTooLarge
 from finetune.runs import Job, JobNotFound, JobStateError, RunManager
 from finetune.service import Studio
 
@@ -255,7 +253,7 @@ def job_artifacts(studio: StudioDep, job_id: str) -> FileResponse:
         raise HTTPException(
             409, f"Job {job_id} has no saved model yet (status: {job.record['status']}). Artifacts exist once a run completes or is cancelled."
         )
-    path = _zip_model(job, studio.settings.cache_dir)
+    path = _zip_model(job, studio.settings.cache_dir, studio.datasets)
     return FileResponse(
         path,
         media_type="application/zip",
@@ -264,14 +262,15 @@ def job_artifacts(studio: StudioDep, job_id: str) -> FileResponse:
     )
 
 
-def _zip_model(job: Job, tmp_root: Path) -> str:
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="artifact-", suffix=".zip", dir=tmp_root)
-    os.close(fd)
-    # Stored, not deflated: safetensors barely compress and zipping is then I/O bound.
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for item in sorted((job.run_dir / "model").rglob("*")):
-            if item.is_file():
-                zf.write(item, item.relative_to(job.run_dir / "model"))
-        zf.write(job.run_dir / "config.json", "studio_config.json")
-    return path
+def _zip_model(job: Job, tmp_root: Path, datasets: DatasetStore | None = None) -> str:
+    """The model folder plus studio_config.json and a generated README.md model card."""
+    from finetune.export import model_card, zip_folder
+
+    meta = None
+    if datasets is not None:
+        try:
+            meta = datasets.get(job.config.dataset_id)
+        except DatasetNotFound:
+            pass  # the card then names the dataset from the job record
+    extras = {"studio_config.json": job.run_dir / "config.json", "README.md": model_card(job, meta)}
+    return zip_folder(job.run_dir / "model", tmp_root, extras)

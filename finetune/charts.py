@@ -318,3 +318,53 @@ def metrics_csv(series: MetricSeries) -> str:
     for row in [rows[k] for k in sorted(rows)] + stepless:
         writer.writerow([_cell(row[0], as_int=True)] + [_cell(v) for v in row[1:]])
     return buf.getvalue()
+
+
+# Distinct line colours for overlaid runs (Plotly's qualitative "D3" palette).
+_OVERLAY_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+
+
+def overlay_figure(
+    named_series: dict[str, MetricSeries], smoothing: float = 0.6, log_y: bool = False, max_points: int = 2000
+) -> go.Figure:
+    """Several runs' training loss on one chart: one colour per run, in dict order.
+
+    Each run draws its EMA-smoothed loss (the raw loss when smoothing is 0) as
+    a line and its eval loss, if any, as markers of the same colour. Runs with
+    no finite loss are listed in the legend only through their eval points, or
+    not at all; with nothing to draw the figure says so.
+    """
+    drawable = {}
+    for name, s in named_series.items():
+        ok = np.isfinite(s.step)
+        ev_ok = np.isfinite(s.eval_step) & np.isfinite(s.eval_loss)
+        if np.isfinite(s.loss[ok]).any() or ev_ok.any():
+            drawable[name] = (s.step[ok], s.loss[ok], s.eval_step[ev_ok], s.eval_loss[ev_ok])
+    fig = _base_figure("loss", "overlay", not drawable)
+    fig.update_yaxes(type="log" if log_y else "linear", uirevision="log" if log_y else "linear")
+    if not drawable:
+        fig.layout.annotations[0].text = "Select runs to compare"
+        return fig
+    for i, (name, (step, loss, ev_step, ev_loss)) in enumerate(drawable.items()):
+        color = _OVERLAY_COLORS[i % len(_OVERLAY_COLORS)]
+        if np.isfinite(loss).any():
+            fig.add_trace(_line(
+                step, ema(loss, smoothing), max_points, name=name, legendgroup=name, mode="lines",
+                line={"color": color, "width": 2},
+                hovertemplate=f"step %{{x}}<br>loss %{{y:.4f}}<extra>{_hover_name(name)}</extra>",
+            ))
+        if ev_loss.size:
+            fig.add_trace(_line(
+                ev_step, ev_loss, max_points, name=f"{name} (eval)", legendgroup=name, mode="markers",
+                marker={"color": color, "size": 7, "symbol": "diamond"},
+                hovertemplate=f"step %{{x}}<br>eval loss %{{y:.4f}}<extra>{_hover_name(name)}</extra>",
+            ))
+    return fig
+
+
+def _hover_name(name: str) -> str:
+    # Plotly renders a small HTML subset in hover labels: keep a run name literal.
+    return name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -85,11 +85,12 @@ class EventLog:
             line = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("ab") as fh:
-                if self._size and fh.tell() != self._size:
-                    # The file holds bytes we did not index (a torn line left by
-                    # a crash): end it so our line starts clean.
-                    fh.write(b"\n")
-                    self._size = fh.tell()
+                if fh.tell() != self._size:
+                    # Bytes past the last whole line: a line torn by a crash.
+                    # Readers never saw it (no newline), so cut it off rather
+                    # than let it merge into, or duplicate, the next event.
+                    fh.truncate(self._size)
+                    fh.seek(self._size)
                 fh.write(line)
             if self._count % INDEX_EVERY == 0:
                 self._index_seqs.append(seq)

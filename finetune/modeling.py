@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,23 @@ from finetune.settings import Settings
 from finetune.tinymodel import BUNDLED_MODEL_ID, ensure_tiny_model
 
 log = logging.getLogger(__name__)
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_training_stack() -> None:
+    """Import torch/transformers/peft once, under a lock.
+
+    The first import of transformers from two threads at once (a training run
+    and a preview or playground request) can fail half-way through its lazy
+    module set-up; serialising the first import avoids it. Cheap afterwards.
+    """
+    with _IMPORT_LOCK:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401
 
 
 class ModelLoadError(RuntimeError):
@@ -36,6 +54,7 @@ class DevicePlan:
 
 
 def pick_device() -> DevicePlan:
+    import_training_stack()
     import torch
 
     if torch.cuda.is_available():
@@ -76,6 +95,7 @@ def resolve_model_path(base_model: str, settings: Settings) -> str:
 
 
 def load_tokenizer(path: str, settings: Settings) -> Any:
+    import_training_stack()
     from transformers import AutoTokenizer
 
     try:
@@ -90,6 +110,7 @@ def load_tokenizer(path: str, settings: Settings) -> Any:
 
 
 def load_model(path: str, config: TrainConfig, plan: DevicePlan, settings: Settings) -> Any:
+    import_training_stack()
     import torch
     from transformers import AutoModelForCausalLM
 

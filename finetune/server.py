@@ -7,13 +7,15 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finetune import __version__
+from finetune.api import require_token
 from finetune.api import router as api_router
+from finetune.api_models import router as models_router
 from finetune.errors import describe_errors
 from finetune.service import Studio
 from finetune.settings import Settings, get_settings
@@ -60,7 +62,14 @@ def create_app(settings: Settings | None = None, with_ui: bool = True) -> FastAP
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=getattr(exc, "headers", None))
 
     @app.middleware("http")
-    async def _limit_upload(request: Request, call_next):
+    async def _guard(request: Request, call_next):
+        # Authentication first: an unauthenticated caller learns nothing about
+        # size limits or body validation.
+        if request.url.path.startswith("/api/") or request.url.path == "/api":
+            try:
+                require_token(request)
+            except HTTPException as exc:
+                return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
         # Refuse oversize uploads from the declared length, before the body is read.
         if request.method == "POST" and request.url.path.startswith("/api/datasets"):
             length = request.headers.get("content-length")
@@ -73,6 +82,7 @@ def create_app(settings: Settings | None = None, with_ui: bool = True) -> FastAP
         return await call_next(request)
 
     app.include_router(api_router)
+    app.include_router(models_router)  # playground, merge, push, reproduce
 
     @app.get("/healthz", tags=["meta"], summary="Liveness check")
     def healthz() -> dict[str, Any]:

@@ -58,6 +58,9 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Setting
 
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("home", tmp_path / "home")
+        # One torch thread: on a busy 2-core box two OpenMP threads were 2-4x
+        # slower than one (they spin waiting for a core another process holds).
+        overrides.setdefault("torch_threads", 1)
         settings = Settings(**overrides)
         link_tiny_model(settings.home, tiny_model_dir)
         return settings

@@ -302,3 +302,31 @@ def test_metrics_csv_merges_by_step() -> None:
 
 def test_metrics_csv_empty() -> None:
     assert metrics_csv(series_from_events([])) == "step,loss,learning_rate,eval_loss\n"
+
+
+def test_overlay_figure_one_colour_per_run() -> None:
+    from finetune.charts import overlay_figure
+
+    steps = np.arange(1, 11, dtype=np.float64)
+    a = MetricSeries(step=steps, loss=np.linspace(3, 1, 10), learning_rate=np.full(10, 1e-3),
+                     eval_step=np.array([5.0, 10.0]), eval_loss=np.array([2.5, 1.5]))
+    b = MetricSeries(step=steps, loss=np.linspace(4, 2, 10), learning_rate=np.full(10, 1e-3),
+                     eval_step=np.array([]), eval_loss=np.array([]))
+    empty = series_from_events([])
+    fig = overlay_figure({"run-a": a, "run-b": b, "run-empty": empty}, smoothing=0.0, log_y=True)
+    names = [t.name for t in fig.data]
+    assert names == ["run-a", "run-a (eval)", "run-b"]  # a run without metrics draws nothing
+    assert fig.data[0].line.color == fig.data[1].marker.color != fig.data[2].line.color
+    np.testing.assert_allclose(np.asarray(fig.data[2].y, dtype=np.float64), np.linspace(4, 2, 10), rtol=1e-6)
+    assert fig.layout.yaxis.type == "log"
+    smoothed = overlay_figure({"run-a": a}, smoothing=0.9)
+    np.testing.assert_allclose(np.asarray(smoothed.data[0].y, dtype=np.float64), ema(a.loss, 0.9), rtol=1e-6)
+
+
+def test_overlay_figure_empty_says_what_to_do() -> None:
+    from finetune.charts import overlay_figure
+
+    fig = overlay_figure({})
+    assert len(fig.data) == 0
+    assert fig.layout.annotations[0].text == "Select runs to compare"
+    assert overlay_figure({"x": series_from_events([])}).layout.annotations[0].text == "Select runs to compare"

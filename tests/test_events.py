@@ -181,3 +181,19 @@ def test_late_cursor_on_a_100k_event_log(tmp_path: Path):
     assert [e["seq"] for e in log.read(99_990, limit=1000)] == list(range(99_991, n + 1))
     assert log.append("INFO", "tail")["seq"] == n + 1
     assert [e["seq"] for e in log.read(99_999)] == [n, n + 1]
+
+
+def test_torn_complete_json_is_cut_not_duplicated(tmp_path):
+    """A crash that loses only the final newline must not revive that event."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.append("INFO", "one")
+    log.append("INFO", "two")
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])  # "two" is complete JSON but lost its newline
+    reopened = EventLog(path)
+    assert reopened.last_seq == 1
+    reopened.append("INFO", "three")
+    events = reopened.read(0)
+    assert [e["seq"] for e in events] == [1, 2]
+    assert [e["message"] for e in events] == ["one", "three"]

@@ -129,6 +129,8 @@ def test_lora_run_to_completion_with_cursor_polling(client: TestClient, settings
 
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "completed" and job["metrics"]["global_step"] == 40
+    cancel = client.post(f"/api/jobs/{job_id}/cancel")
+    assert cancel.status_code == 409 and "completed" in cancel.json()["detail"]
 
     # The downloaded adapter loads offline on its base and generates.
     from peft import AutoPeftModelForCausalLM
