@@ -17,6 +17,7 @@ errors) while the test is inside a Playwright call, so pauses use
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -304,6 +305,12 @@ def test_upload_with_markup_in_name_and_cells_is_inert(tab: Tab) -> None:
         timeout=UI_S * 1000,
     )
     assert f"What is 1 plus 1? {XSS}" in page.inner_text("#dataset-preview")
+    # The examples as trained, cell markup shown as text (also: let the preview finish before the reload below).
+    page.wait_for_function(
+        "() => (document.querySelector('#formatted-preview') || {}).textContent.includes('What is 1 plus 1?')",
+        timeout=UI_S * 1000,
+    )
+    assert f"What is 1 plus 1? {XSS}" in page.inner_text("#formatted-preview")
     tab.shot("02-uploaded-1280.png")
 
     # 2. Through the REST route, which keeps the file name as sent: the name is
@@ -384,6 +391,11 @@ def test_live_run_reload_and_stop(tab: Tab) -> None:
     page.wait_for_function(f"() => ({JS_POINTS})() >= {before_reload}", timeout=UI_S * 1000)
     assert tab.status() == "running"
     assert job in page.inner_text("#run-status")
+    # The form shows the running job's settings, not the defaults.
+    page.wait_for_function("() => (document.querySelector('#cfg-max_steps input') || {}).value === '3000'", timeout=UI_S * 1000)
+    page.get_by_text("More hyperparameters").click()  # a closed accordion's fields are not in the page
+    page.wait_for_function("() => (document.querySelector('#cfg-logging_steps input') || {}).value === '2'", timeout=UI_S * 1000)
+    assert page.input_value("#cfg-prompt_column input") == "prompt"
     tab.wait_points_above(tab.points(), UI_S)  # the timer runs again after the reload
     tab.shot("04-running-420.png", NARROW)
     page.set_viewport_size(WIDE)
@@ -405,6 +417,8 @@ def test_short_run_completes_and_polling_stops(tab: Tab) -> None:
     _ensure_idle(tab)
     job = tab.start_run(max_steps=30, logging_steps=5)
     tab.wait_job_status(job, "completed", TRAIN_S)
+    # The "Started job ..." message goes once the run has ended.
+    page.wait_for_function("() => !/Started job/.test(document.querySelector('#run-msg').textContent)", timeout=UI_S * 1000)
     status_text = page.inner_text("#run-status")
     assert "30 / 30" in status_text
     assert "100.0%" in status_text
@@ -466,4 +480,226 @@ def test_chart_figures_render_in_bundled_plotly(tab: Tab) -> None:
     assert by_name["best eval loss"]["symbol"] == "star"
     assert loss["paths"] == 2 and loss["points"] == 4  # two lines; 3 eval markers + the star
     assert lr["traces"][0]["n"] == n and lr["paths"] == 1
+    tab.assert_no_errors()
+
+
+# ------------------------------------------------- formatted preview, runs, playground
+
+CHAT_ROWS = [
+    {"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"What is {i} plus 1?"},
+                  {"role": "assistant", "content": f"It is {i + 1}."}]}
+    for i in range(6)
+]
+JS_PLOT_POINTS = """(sel) => {
+    const el = document.querySelector(sel + ' .js-plotly-plot');
+    if (!el || !el._fullData) return 0;
+    return el._fullData.reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
+}"""
+
+
+def _formatted_text(page: Any, kind: str) -> list[str]:
+    return page.locator(f"#formatted-preview .ft-fmt-text .ft-seg-{kind}").all_inner_texts()
+
+
+def _wait_text(page: Any, selector: str, text: str, timeout_s: float = UI_S) -> None:
+    page.wait_for_function(
+        "([sel, text]) => ((document.querySelector(sel) || {}).innerText || '').includes(text)",
+        arg=[selector, text], timeout=timeout_s * 1000,
+    )
+
+
+def _open_tab(tab: Tab, name: str) -> None:
+    tab.page.click(f"#tab-{name}-button")
+
+
+def _completed_job(tab: Tab) -> str:
+    """A completed demo run: the short run's from earlier in the module, else a new 30-step one."""
+    jobs = tab.page.request.get(tab.base + "/api/jobs").json()
+    done = [j["job_id"] for j in jobs if j["status"] == "completed" and j["method"] == "lora"]
+    if done:
+        return done[0]
+    resp = tab.page.request.post(tab.base + "/api/jobs", data={"dataset_id": "demo", "max_steps": 30, "logging_steps": 5})
+    assert resp.status == 201, resp.text()
+    job = resp.json()["job_id"]
+    deadline = time.monotonic() + TRAIN_S
+    while tab.page.request.get(f"{tab.base}/api/status?job_id={job}").json()["status"] != "completed":
+        assert time.monotonic() < deadline, f"job {job} did not complete within {TRAIN_S}s"
+        tab.page.wait_for_timeout(500)
+    return job
+
+
+def test_formatted_preview_marks_trained_and_masked(tab: Tab) -> None:
+    tab.open()
+    page = tab.page
+    _wait_text(page, "#formatted-preview", "Example 3")
+    # Demo prompt/completion: the prompt is masked, the answer and eos carry the loss.
+    masked, trained = _formatted_text(page, "masked"), _formatted_text(page, "trained")
+    assert len(masked) == 3 and len(trained) >= 3
+    assert masked[0].startswith("What is") and "plus" in masked[0]
+    assert any("<|endoftext|>" in t for t in trained)  # special tokens shown as text
+    assert "All fit in max_seq_length (256)" in page.inner_text("#formatted-preview")
+
+    # A shorter max_seq_length: the stats line counts the examples that will be truncated.
+    page.get_by_text("More hyperparameters").click()
+    tab.set_number("cfg-max_seq_length", 12)
+    _wait_text(page, "#formatted-preview", "exceed max_seq_length (12) and will be truncated")
+    assert re.search(r"\d+ of 302 examples exceed", page.inner_text("#formatted-preview"))
+    # Loss on the whole text: nothing is masked any more.
+    page.click("#cfg-completion_only_loss input")
+    page.wait_for_function("() => !document.querySelector('#formatted-preview .ft-fmt-text .ft-seg-masked')", timeout=UI_S * 1000)
+    assert _formatted_text(page, "trained")
+    # A contradictory column choice is a message, not a crash.
+    page.click("#cfg-text_column input")
+    page.locator("[data-testid=dropdown-option]", has_text="completion").first.click()
+    _wait_text(page, "#formatted-preview", "Cannot show the formatted examples")
+
+    # A chat dataset: the conversation column is offered as the text column; only replies are trained.
+    buffer = "\n".join(json.dumps(r) for r in CHAT_ROWS).encode()
+    resp = page.request.post(tab.base + "/api/datasets", multipart={
+        "file": {"name": "chat.jsonl", "mimeType": "application/json", "buffer": buffer},
+    })
+    assert resp.status == 201, resp.text()
+    page.reload()
+    tab.wait_loaded()
+    page.click("#dataset-select input")
+    page.locator("[data-testid=dropdown-option]", has_text="chat.jsonl").first.click()
+    _wait_text(page, "#formatted-preview", "chat (template)")
+    assert page.input_value("#cfg-text_column input") == "messages"
+    masked, trained = _formatted_text(page, "masked"), _formatted_text(page, "trained")
+    assert any("<|im_start|>user\nWhat is 0 plus 1?" in m for m in masked)
+    assert trained[0].startswith("It is 1.")
+    assert not any("What is" in t for t in trained)
+    tab.shot("07-formatted-preview-chat-1280.png")
+    tab.assert_no_errors()
+
+
+def test_runs_tab_shows_a_finished_run(tab: Tab) -> None:
+    tab.open()
+    page = tab.page
+    job = _completed_job(tab)
+    _open_tab(tab, "runs")
+    _wait_text(page, "#runs-table", job)
+    # Pick the run by its row in the table.
+    page.locator("#runs-table [role=gridcell]", has_text=job).first.click()
+    page.wait_for_function("(job) => document.querySelector('#runs-select input').value.startsWith(job)", arg=job,
+                           timeout=UI_S * 1000)
+    _wait_text(page, "#runs-status", job)
+    assert "completed" in page.inner_text("#runs-table")
+    page.wait_for_function(f"() => ({JS_PLOT_POINTS})('#runs-loss-plot') >= 12", timeout=UI_S * 1000)  # raw + smoothed
+    page.wait_for_function(f"() => ({JS_PLOT_POINTS})('#runs-lr-plot') >= 6", timeout=UI_S * 1000)
+    _wait_text(page, "#runs-config", "max_steps: 30")
+    assert "dataset_id: demo" in page.inner_text("#runs-config")
+    assert any(line.endswith("done") for line in page.locator("#runs-logs .ft-log").all_inner_texts())
+    assert page.locator("#runs-delete").is_enabled() and not page.locator("#runs-resume").is_enabled()
+
+    # The metrics CSV downloads.
+    with page.expect_download(timeout=UI_S * 1000) as download:
+        page.click("#runs-csv")
+    csv_text = Path(download.value.path()).read_text(encoding="utf-8")
+    assert csv_text.startswith("step,loss,learning_rate,eval_loss\n") and len(csv_text.splitlines()) >= 7
+
+    # Overlay: every run with metrics gets a line.
+    runs = [o for o in page.request.get(tab.base + "/api/jobs").json() if o["status"] in ("completed", "cancelled")][:2]
+    for other in runs:
+        page.click("#runs-compare input")
+        page.locator("[data-testid=dropdown-option]", has_text=other["job_id"]).first.click()
+    page.keyboard.press("Escape")
+    page.wait_for_function(
+        "(n) => { const el = document.querySelector('#runs-overlay .js-plotly-plot');"
+        " return el && el._fullData && el._fullData.filter(t => t.mode === 'lines').length === n; }",
+        arg=len(runs), timeout=UI_S * 1000,
+    )
+    tab.shot("08-runs-1280.png")
+    tab.assert_no_errors()
+
+
+def test_playground_answers_with_base_and_tuned(tab: Tab) -> None:
+    tab.open()
+    page = tab.page
+    job = _completed_job(tab)
+    _open_tab(tab, "playground")
+    page.wait_for_function("() => document.querySelector('#pg-run input').value !== ''", timeout=UI_S * 1000)
+    page.click("#pg-run input")
+    page.locator("[data-testid=dropdown-option]", has_text=job).first.click()
+    _wait_text(page, "#pg-downloads", "Model zip")
+    page.fill("#pg-prompt textarea", "What is 2 plus 3?")
+    page.click("#pg-generate")
+    _wait_text(page, "#pg-info", "Generated on", TRAIN_S)
+    assert "CPU" in page.inner_text("#pg-info")
+    base, tuned = page.input_value("#pg-base textarea"), page.input_value("#pg-tuned textarea")
+    assert base.strip() and tuned.strip() and base != tuned
+
+    # Reproduce: the config as YAML, the CLI and curl commands.
+    page.get_by_text("Reproduce this run").click()
+    _wait_text(page, "#pg-yaml", "max_steps: 30")
+    assert "python -m finetune train" in page.inner_text("#pg-cli")
+    assert "/api/jobs" in page.inner_text("#pg-curl")
+
+    # Merge the adapter: the status follows the background task, then the merged zip is offered.
+    page.click("#pg-merge")
+    _wait_text(page, "#pg-merge-status", "completed", TRAIN_S)
+    _wait_text(page, "#pg-downloads", "Merged model zip")
+    href = page.locator("#pg-downloads a", has_text="Merged model zip").get_attribute("href")
+    assert href == f"/api/jobs/{job}/merged"
+    assert page.request.get(tab.base + href).status == 200
+    tab.shot("09-playground-1280.png")
+    tab.assert_no_errors()
+
+
+def test_markup_in_log_lines_is_inert_and_runs_can_be_deleted(tab: Tab) -> None:
+    """A base model id with markup reaches the log (queued line, load error), the status and the runs table."""
+    tab.open()
+    page = tab.page
+    _ensure_idle(tab)
+    model = f"org/{XSS_UNQUOTED}"
+    box = page.locator("#cfg-base_model textarea")
+    box.fill(model)
+    box.press("Tab")  # blur: the preview tries this model's tokenizer and says why it cannot
+    _wait_text(page, "#formatted-preview", "Cannot show the formatted examples")
+    assert model in page.inner_text("#formatted-preview")
+    job = tab.start_run(max_steps=5, logging_steps=1)
+    tab.wait_job_status(job, "failed", TRAIN_S)
+    lines = tab.log_lines()
+    assert any(model in line and "queued" in line for line in lines), lines
+    assert any("ERROR" in line and model in line for line in lines), lines
+    assert model in page.inner_text("#run-status")
+
+    _open_tab(tab, "runs")
+    _wait_text(page, "#runs-table", model)
+    page.locator("#runs-table [role=gridcell]", has_text=job).first.click()
+    _wait_text(page, "#runs-logs", model)
+    tab.shot("10-runs-markup-failed-1280.png")
+    page.wait_for_timeout(500)  # give a broken image's onerror every chance to fire
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
+
+    # Resume: the failed run is queued again (and fails again); the monitor follows it.
+    assert page.locator("#runs-resume").is_enabled()
+    page.click("#runs-resume")
+    _wait_text(page, "#runs-msg", f"Resumed run {job}")
+    _open_tab(tab, "train")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#run-logs .ft-log')).some(l => l.innerText.includes('resume requested'))",
+        timeout=UI_S * 1000,
+    )
+    tab.wait_job_status(job, "failed", TRAIN_S)
+
+    # Delete needs the confirmation; then the run leaves the table.
+    _open_tab(tab, "runs")
+    _wait_text(page, "#runs-table", job)
+    page.locator("#runs-table [role=gridcell]", has_text=job).first.click()
+    page.wait_for_function("(job) => document.querySelector('#runs-select input').value.startsWith(job)", arg=job,
+                           timeout=UI_S * 1000)
+    page.wait_for_function("() => !document.querySelector('#runs-delete').disabled", timeout=UI_S * 1000)
+    page.click("#runs-delete")
+    _wait_text(page, "#runs-msg", "I am sure")
+    assert job in page.inner_text("#runs-table")
+    page.click("#runs-sure input")
+    page.click("#runs-delete")
+    _wait_text(page, "#runs-msg", f"Deleted run {job}")
+    page.wait_for_function("(job) => !document.querySelector('#runs-table').innerText.includes(job)", arg=job,
+                           timeout=UI_S * 1000)
+    assert page.request.get(f"{tab.base}/api/jobs/{job}").status == 404
+    assert not page.locator("#runs-sure input").is_checked()
+    assert page.evaluate("typeof window.__xss") == "undefined"
     tab.assert_no_errors()
