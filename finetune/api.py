@@ -26,7 +26,12 @@ from finetune.service import Studio
 log = logging.getLogger(__name__)
 
 
-def get_studio(request: Request) -> Studio:
+# The polled routes and their dependencies are ``async def``: FastAPI runs a
+# plain ``def`` in a worker thread, and for a dict lookup those thread hops
+# (one per dependency, endpoint and response serialisation) cost more than the
+# work, and contend for the GIL with the training thread. Async code here must
+# never block: in-memory reads and small reads of local files only.
+async def get_studio(request: Request) -> Studio:
     return request.app.state.studio
 
 
@@ -49,7 +54,11 @@ def require_token(request: Request) -> None:
         )
 
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+async def _token_dependency(request: Request) -> None:
+    require_token(request)
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(_token_dependency)])
 
 
 def _job(studio: Studio, job_id: str) -> Job:
@@ -64,7 +73,7 @@ def _dashboard_url(request: Request) -> str:
 
 
 @router.get("/status", summary="Current (or named) job's progress")
-def get_status(request: Request, studio: StudioDep, job_id: str | None = None) -> dict[str, Any]:
+async def get_status(request: Request, studio: StudioDep, job_id: str | None = None) -> dict[str, Any]:
     job = _job(studio, job_id) if job_id else studio.runs.current()
     view = RunManager.status_view(job)
     view["dashboard_url"] = _dashboard_url(request)
@@ -72,7 +81,7 @@ def get_status(request: Request, studio: StudioDep, job_id: str | None = None) -
 
 
 @router.get("/logs", summary="Events after a cursor")
-def get_logs(
+async def get_logs(
     studio: StudioDep,
     job_id: str | None = None,
     since: Annotated[int, Query(ge=0, description="Return events with seq greater than this.")] = 0,

@@ -15,7 +15,8 @@ import csv
 import io
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -78,32 +79,72 @@ def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     positions before the first finite value are NaN. smoothing == 0 returns a
     plain float copy.
     """
+    x = _ema_input(values, smoothing)
+    if smoothing == 0.0 or x.size == 0:
+        return x
+    return _ema_core(x, smoothing, EmaState())[0]
+
+
+@dataclass
+class EmaState:
+    """Where an EMA stopped: the raw (not debiased) value, finite inputs seen, last output."""
+
+    raw: float = 0.0
+    count: int = 0
+    last: float = math.nan
+
+
+def ema_extend(values: np.ndarray, smoothing: float, state: EmaState | None = None) -> tuple[np.ndarray, EmaState]:
+    """``ema`` continued chunk by chunk, for a series that only grows.
+
+    ``ema_extend(b, a, state)`` with the state returned for the values before
+    ``b`` gives the tail of ``ema(before + b, a)`` (equal to rounding), so a
+    refresh smooths only the new points. smoothing == 0 returns a plain copy.
+    """
+    x = _ema_input(values, smoothing)
+    state = state or EmaState()
+    if smoothing == 0.0 or x.size == 0:
+        return x, state
+    return _ema_core(x, smoothing, state)
+
+
+def _ema_input(values: np.ndarray, smoothing: float) -> np.ndarray:
     x = np.array(values, dtype=np.float64)  # always a copy
     if x.ndim != 1:
         raise ValueError("ema expects a 1-D array")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
-    if smoothing == 0.0 or x.size == 0:
-        return x
+    return x
+
+
+def _ema_core(x: np.ndarray, a: float, state: EmaState) -> tuple[np.ndarray, EmaState]:
     finite = np.isfinite(x)
     f = x[finite]
-    u = (1.0 - smoothing) * f
-    # Huge magnitudes could overflow the rescaled prefix sums: normalise them.
-    scale = float(np.abs(u).max()) if u.size else 1.0
-    if scale > 1e150:
-        s = _linear_scan(u / scale, smoothing) * scale
-    else:
-        s = _linear_scan(u, smoothing)
-    # Debias. smoothing**t drops below float64 resolution after a few thousand
-    # steps at most, so only that prefix needs it (np.power over 1M is ~80 ms).
-    head = min(f.size, int(math.log(1e-18) / math.log(smoothing)) + 1)
-    s[:head] /= 1.0 - smoothing ** np.arange(1, head + 1, dtype=np.float64)
-    # Index of the last finite value seen at each position (-1: none yet).
+    m = f.size
+    # a**t drops below float64 resolution after a few thousand steps at most,
+    # so only that prefix needs the carry and debias terms (np.power over 1M is ~80 ms).
+    limit = int(math.log(1e-18) / math.log(a)) + 1
+    raw_last = state.raw
+    s = f
+    if m:
+        u = (1.0 - a) * f
+        # Huge magnitudes could overflow the rescaled prefix sums: normalise them.
+        scale = float(np.abs(u).max())
+        s = _linear_scan(u / scale, a) * scale if scale > 1e150 else _linear_scan(u, a)
+        if state.raw != 0.0:
+            k = min(m, limit)
+            s[:k] += state.raw * a ** np.arange(1, k + 1, dtype=np.float64)
+        raw_last = float(s[-1])
+        # Debias: the j-th new finite value is the (count + j + 1)-th overall.
+        k = min(m, max(0, limit - state.count))
+        if k:
+            s[:k] /= 1.0 - a ** np.arange(state.count + 1, state.count + k + 1, dtype=np.float64)
+    # Index of the last finite value seen at each position (-1: none yet in this chunk).
     last = np.cumsum(finite) - 1
-    out = np.full(x.size, np.nan)
+    out = np.full(x.size, state.last)
     seen = last >= 0
     out[seen] = s[last[seen]]
-    return out
+    return out, EmaState(raw=raw_last, count=state.count + m, last=float(out[-1]) if x.size else state.last)
 
 
 def downsample_minmax(
@@ -151,6 +192,9 @@ class MetricSeries:
     learning_rate: np.ndarray
     eval_step: np.ndarray
     eval_loss: np.ndarray
+    # Optional source of ready downsampled chart lines (finetune.metrics_cache
+    # keeps them up to date incrementally); None: computed here from the arrays.
+    lines: Any = field(default=None, repr=False, compare=False)
 
 
 def _num(value: object) -> float:
@@ -226,43 +270,76 @@ def _base_figure(y_title: str, uirevision: str, empty: bool) -> go.Figure:
     return fig
 
 
+def series_line(
+    series: MetricSeries, which: str, max_points: int = 2000, smoothing: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chart line, downsampled: ``which`` is "loss" (EMA-smoothed when
+    smoothing > 0), "lr" or "eval". Points without a step are dropped (and lr
+    points without a value). Taken ready-made from ``series.lines`` when the
+    series has one (the metrics cache keeps its lines up to date incrementally,
+    so a refresh of a 1M-step run does not redo 1M points of work).
+    """
+    if series.lines is not None:
+        return series.lines.line(which, max_points, smoothing)
+    if which == "eval":
+        ok = np.isfinite(series.eval_step) & np.isfinite(series.eval_loss)
+        x, y = series.eval_step[ok], series.eval_loss[ok]
+    elif which == "lr":
+        ok = np.isfinite(series.step) & np.isfinite(series.learning_rate)
+        x, y = series.step[ok], series.learning_rate[ok]
+    elif which == "loss":
+        ok = np.isfinite(series.step)
+        x, y = series.step[ok], series.loss[ok]
+        if smoothing:
+            # Smooth the full-resolution series first: smoothing after
+            # downsampling would average min/max extremes, not neighbouring steps.
+            y = ema(y, smoothing)
+    else:
+        raise ValueError(f"unknown line {which!r}")
+    return downsample_minmax(x, y, max_points)
+
+
+def _trace(xy: tuple[np.ndarray, np.ndarray], **kwargs: object) -> go.Scatter:
+    return go.Scatter(x=_compact_x(xy[0]), y=_compact_y(xy[1]), **kwargs)
+
+
 def loss_figure(
     series: MetricSeries, smoothing: float = 0.6, log_y: bool = False, max_points: int = 2000
 ) -> go.Figure:
     """Raw (faint) + EMA-smoothed training loss, eval loss markers, best eval starred."""
-    has_step = np.isfinite(series.step)
-    step, loss = series.step[has_step], series.loss[has_step]
-    ev_ok = np.isfinite(series.eval_step) & np.isfinite(series.eval_loss)
-    ev_step, ev_loss = series.eval_step[ev_ok], series.eval_loss[ev_ok]
-    empty = not np.isfinite(loss).any() and ev_loss.size == 0
+    raw = series_line(series, "loss", max_points)
+    ev_step, ev_loss = series_line(series, "eval", max_points)
+    # Min/max downsampling keeps every bucket's finite extremes, so the
+    # downsampled line has a finite value exactly when the full one does.
+    has_loss = bool(np.isfinite(raw[1]).any())
+    empty = not has_loss and ev_loss.size == 0
     fig = _base_figure("loss", "loss", empty)
     # Per-axis uirevision keyed on the scale: toggling log/linear resets the y
     # range (a linear range is meaningless on a log axis) but keeps x zoom.
     fig.update_yaxes(type="log" if log_y else "linear", uirevision="log" if log_y else "linear")
     if empty:
         return fig
-    if np.isfinite(loss).any():
-        fig.add_trace(_line(
-            step, loss, max_points, name="loss (raw)", mode="lines", opacity=0.3,
+    if has_loss:
+        fig.add_trace(_trace(
+            raw, name="loss (raw)", mode="lines", opacity=0.3,
             line={"color": _LOSS_COLOR, "width": 1},
             hovertemplate="step %{x}<br>loss %{y:.4f}<extra>raw</extra>",
         ))
-        # Smooth the full-resolution series first: smoothing after
-        # downsampling would average min/max extremes, not neighbouring steps.
-        fig.add_trace(_line(
-            step, ema(loss, smoothing), max_points, name="loss (smoothed)", mode="lines",
+        fig.add_trace(_trace(
+            series_line(series, "loss", max_points, smoothing), name="loss (smoothed)", mode="lines",
             line={"color": _LOSS_COLOR, "width": 2},
             hovertemplate="step %{x}<br>smoothed loss %{y:.4f}<extra>smoothed</extra>",
         ))
     if ev_loss.size:
-        fig.add_trace(_line(
-            ev_step, ev_loss, max_points, name="eval loss", mode="markers",
+        fig.add_trace(_trace(
+            (ev_step, ev_loss), name="eval loss", mode="markers",
             marker={"color": _EVAL_COLOR, "size": 7},
             hovertemplate="step %{x}<br>eval loss %{y:.4f}<extra>eval</extra>",
         ))
-        best = int(np.argmin(ev_loss))  # first occurrence of the minimum
-        fig.add_trace(go.Scatter(
-            x=_compact_x(ev_step[best:best + 1]), y=_compact_y(ev_loss[best:best + 1]),
+        # The downsampled points keep the first occurrence of the global minimum.
+        best = int(np.argmin(ev_loss))
+        fig.add_trace(_trace(
+            (ev_step[best:best + 1], ev_loss[best:best + 1]),
             name="best eval loss", mode="markers",
             marker={"color": _BEST_COLOR, "size": 14, "symbol": "star",
                         "line": {"color": "#fff", "width": 1}},
@@ -273,12 +350,12 @@ def loss_figure(
 
 def lr_figure(series: MetricSeries, max_points: int = 2000) -> go.Figure:
     """Learning-rate schedule; steps without a logged LR are dropped, not gaps."""
-    ok = np.isfinite(series.step) & np.isfinite(series.learning_rate)
-    fig = _base_figure("learning rate", "lr", not ok.any())
+    line = series_line(series, "lr", max_points)
+    fig = _base_figure("learning rate", "lr", line[0].size == 0)
     fig.update_yaxes(tickformat=".1e")
-    if ok.any():
-        fig.add_trace(_line(
-            series.step[ok], series.learning_rate[ok], max_points, name="learning rate",
+    if line[0].size:
+        fig.add_trace(_trace(
+            line, name="learning rate",
             mode="lines", line={"color": _LR_COLOR, "width": 2},
             hovertemplate="step %{x}<br>lr %{y:.3e}<extra></extra>",
         ))

@@ -3,7 +3,9 @@
 One JSON object per line with a monotonically increasing ``seq``. Readers ask
 for events after a cursor (``since``); a sparse index from seq to byte offset
 lets them seek straight there, so a poll costs the same at event 10 and at
-event 1,000,000. A torn last line (a crash mid-write) is skipped, never fatal.
+event 1,000,000. The newest events are also kept in memory, so readers that
+keep up with a live run (every poller) never touch the file. A torn last line
+(a crash mid-write) is skipped, never fatal.
 
 Hazard: ``append`` runs on the training thread while readers run on server
 threads. Lines are written whole and flushed; a reader that meets a line with
@@ -16,8 +18,11 @@ import bisect
 import json
 import logging
 import math
+import re
 import threading
 import time
+from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,17 @@ log = logging.getLogger(__name__)
 LEVELS = ("INFO", "WARNING", "ERROR", "METRIC")
 # One index entry per this many events: 1M events -> ~4k entries in memory.
 INDEX_EVERY = 256
+# Every line ``append`` writes starts with its seq: reading it from the prefix
+# spares a full JSON parse per line when scanning or skipping (8 s -> ~1 s for
+# 1M events at start-up). Lines in another shape fall back to json.loads.
+_SEQ_PREFIX = re.compile(rb'\{"seq":(\d+),')
+# Events appended by this process kept in memory (~0.5 KB each), newest last.
+TAIL_EVENTS = 2048
+
+try:  # a gradio dependency; parses event lines ~2x faster than json
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
 
 
 def _clean(value: Any) -> Any:
@@ -46,6 +62,8 @@ class EventLog:
         self._last_seq = 0
         self._size = 0
         self._count = 0
+        # Appended events as a reader parses them from the file; seqs are contiguous.
+        self._tail: deque[dict[str, Any]] = deque(maxlen=TAIL_EVENTS)
         self._scan()
 
     @property
@@ -63,13 +81,13 @@ class EventLog:
                 if not raw.endswith(b"\n"):
                     log.warning("%s: skipping torn last line", self.path)
                     break
-                event = _parse(raw)
-                if event is not None:
+                seq = _seq_of(raw)
+                if seq is not None:
                     if count % INDEX_EVERY == 0:
-                        self._index_seqs.append(event["seq"])
+                        self._index_seqs.append(seq)
                         self._index_offsets.append(offset)
                     count += 1
-                    self._last_seq = max(self._last_seq, event["seq"])
+                    self._last_seq = max(self._last_seq, seq)
                 offset += len(raw)
         self._size = offset
         self._count = count
@@ -97,6 +115,7 @@ class EventLog:
                 self._index_offsets.append(self._size)
             self._count += 1
             self._size += len(line)
+            self._tail.append(_loads(line))  # exactly what the file now says
             self._last_seq = seq
             return event
 
@@ -104,6 +123,11 @@ class EventLog:
         """Events with ``seq > since``, oldest first, at most ``limit``."""
         if limit <= 0 or since >= self._last_seq or not self.path.exists():
             return []
+        with self._lock:
+            if self._tail and since + 1 >= self._tail[0]["seq"]:
+                # Every event after the cursor is in memory: no file read.
+                start = since + 1 - self._tail[0]["seq"]
+                return [dict(event) for event in islice(self._tail, start, start + limit)]
         # Seek to the last indexed event at or before since+1.
         pos = bisect.bisect_right(self._index_seqs, since + 1) - 1
         offset = self._index_offsets[pos] if pos >= 0 else 0
@@ -113,6 +137,9 @@ class EventLog:
             for raw in fh:
                 if not raw.endswith(b"\n"):
                     break  # being written right now, or torn
+                m = _SEQ_PREFIX.match(raw)
+                if m is not None and int(m.group(1)) <= since:
+                    continue  # before the cursor: no need to parse it
                 event = _parse(raw)
                 if event is None or event["seq"] <= since:
                     continue
@@ -120,6 +147,27 @@ class EventLog:
                 if len(out) >= limit:
                     break
         return out
+
+    def read_lines(self, offset: int, max_bytes: int = 4 << 20) -> tuple[list[bytes], int]:
+        """Whole raw lines from byte ``offset`` (a line start), and the offset after them.
+
+        For readers that keep their own byte cursor (the metrics cache): no
+        index lookup, no parsing. Stops after about ``max_bytes``.
+        """
+        end = self._size  # only lines the writer has finished
+        if offset >= end:
+            return [], offset
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read(min(end - offset, max_bytes))
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            # One line longer than max_bytes: read on to its end.
+            with self.path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read(end - offset)
+            cut = chunk.find(b"\n") + 1
+        return chunk[:cut].splitlines(keepends=True), offset + cut
 
     def iter_all(self, chunk: int = 5000):
         """Yield every event in order, reading in chunks (bounded memory)."""
@@ -132,9 +180,17 @@ class EventLog:
             since = batch[-1]["seq"]
 
 
+def _seq_of(raw: bytes) -> int | None:
+    m = _SEQ_PREFIX.match(raw)
+    if m is not None and raw.endswith(b"}\n"):
+        return int(m.group(1))
+    event = _parse(raw)
+    return None if event is None else event["seq"]
+
+
 def _parse(raw: bytes) -> dict[str, Any] | None:
     try:
-        event = json.loads(raw)
+        event = _loads(raw)
     except ValueError:
         return None
     if not isinstance(event, dict) or not isinstance(event.get("seq"), int):

@@ -184,14 +184,17 @@ class RunManager:
         one when it stopped); events keep their sequence, so readers' cursors
         stay valid.
         """
+        from finetune.training import newest_checkpoint
+
         job = self.get(job_id)
         with self._cond:
             status = job.record["status"]
             if status not in ("cancelled", "interrupted", "failed"):
                 raise JobStateError(f"Job {job_id} is {status}; only cancelled, interrupted or failed runs can be resumed.")
-            checkpoints = sorted((job.run_dir / "checkpoints").glob("checkpoint-*"))
+            # The same choice run_training makes: newest by step number, complete only.
+            checkpoint = newest_checkpoint(job.run_dir)
             job.stop.clear()
-            where = f"from {checkpoints[-1].name}" if checkpoints else "from the start (no checkpoint was saved)"
+            where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint was saved)"
             job.events.append("INFO", f"resume requested: continuing {where}")
             self._set(job, status="queued", resumed=True, error=None, finished_at=None)
             self._queue.append(job_id)

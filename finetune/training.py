@@ -190,8 +190,10 @@ def run_training(
         callback.token_count = lambda: collator.tokens
         span = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_train_epochs:g} epochs"
         emit("INFO", f"training: {span} on {plan.describe()}")
-        checkpoint = resume and any((ctx.run_dir / "checkpoints").glob("checkpoint-*"))
-        train_output = trainer.train(resume_from_checkpoint=True if checkpoint else None)
+        checkpoint = newest_checkpoint(ctx.run_dir) if resume else None
+        if checkpoint is not None:
+            emit("INFO", f"resuming from {checkpoint.name}")
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
         if callback.diverged_at is not None:
             raise TrainingFailed(
@@ -229,14 +231,17 @@ def run_training(
     except TrainingFailed:
         raise
     except (modeling.ModelLoadError, data.DataError) as exc:
+        _release_frames(exc)
         raise TrainingFailed(str(exc)) from exc
     except torch.OutOfMemoryError as exc:
+        _release_frames(exc)
         raise TrainingFailed(
             "Out of memory. Lower per_device_train_batch_size or max_seq_length, use method 'lora', "
             "or raise gradient_accumulation_steps to keep the effective batch."
         ) from exc
     except Exception as exc:
         log.exception("run failed")
+        _release_frames(exc)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TrainingFailed(f"{type(exc).__name__}: {first}" if first else type(exc).__name__) from exc
     finally:
@@ -245,6 +250,38 @@ def run_training(
         gc.collect()
         if plan.device == "cuda":
             torch.cuda.empty_cache()
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-step checkpoint the Trainer finished writing, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it was
+    torn by a crash mid-save; transformers' own choice (the highest number)
+    would resume from it and fail. Steps compare as numbers, not names:
+    checkpoint-100 is newer than checkpoint-90.
+    """
+    found: list[tuple[int, Path]] = []
+    for folder in (run_dir / "checkpoints").glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "trainer_state.json").is_file():
+            found.append((int(step), folder))
+    return max(found)[1] if found else None
+
+
+def _release_frames(exc: BaseException | None) -> None:
+    """Drop the tracebacks of a failure and of the exceptions chained to it.
+
+    Their frames (Trainer.train, the data loader, ...) hold the Trainer and the
+    model, and the exception is still alive while the ``finally`` clean-up
+    runs: without this, ``gc.collect()``/``empty_cache()`` free nothing and a
+    GPU stays full after an out-of-memory error until the exception is gone
+    (see the PyTorch FAQ on OOM recovery). The message is all the user sees.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def _to_dataset(encoded: dict[str, Any]) -> Any:
@@ -296,6 +333,10 @@ def _build_trainer(config, model, tokenizer, train_dataset, eval_dataset, ctx, p
         weight_decay=config.weight_decay,
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        # The default filter logs a NaN/inf step loss as the running average, so
+        # the callback would never see a diverged loss and the run would
+        # "complete" with NaN weights. Let it through: the callback stops the run.
+        logging_nan_inf_filter=False,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=config.eval_steps if has_eval else None,
         # Recorded, not restored: the final weights are the last step's.
