@@ -42,3 +42,15 @@ def test_cache_is_bounded(tmp_path):
         log.append("METRIC", "m", step=1, loss=1.0)
         cache.series(str(i), log)
     assert len(cache._runs) == 2
+
+
+def test_lines_written_with_spaces_are_charted(tmp_path):
+    """An events file written by another tool (json.dumps default spacing) still charts."""
+    import json
+
+    path = tmp_path / "events.jsonl"
+    with path.open("w") as fh:
+        for i in range(1, 6):
+            fh.write(json.dumps({"seq": i, "time": 0, "level": "METRIC", "message": "m", "step": i, "loss": 1.0}) + "\n")
+    s = MetricsCache().series("r", EventLog(path))
+    assert list(s.step) == [1, 2, 3, 4, 5]
