@@ -5,7 +5,7 @@ Run:  .venv/bin/python -m bench.all [--quick] [--only overhead,polling,...]
 Each benchmark runs in its own process (fresh memory, fresh imports), prints
 its table and writes bench/results/<name>.md; this collects their figures into
 bench/results/summary.md: every figure against its target, the machine, the
-date. The real settings take about 12 minutes on 2 CPU cores; --quick runs
+date. The real settings take about 9 minutes on 2 CPU cores; --quick runs
 small settings (a smoke test of the scripts, figures not meaningful).
 """
 
@@ -23,8 +23,8 @@ from bench.common import PYTHON, RESULTS, ROOT, machine, print_progress, today, 
 BENCHES = [
     ("coldstart", ["--rounds", "5"], ["--rounds", "1"]),
     ("polling", ["--reps", "40"], ["--sizes", "100,1000,20000", "--reps", "5"]),
-    ("overhead", ["--steps", "120", "--rounds", "4"], ["--steps", "20", "--rounds", "1"]),
-    ("load", ["--steps", "150", "--rounds", "2"], ["--steps", "20", "--rounds", "1"]),
+    ("overhead", ["--steps", "120", "--rounds", "6"], ["--steps", "20", "--rounds", "1"]),
+    ("load", ["--steps", "150", "--rounds", "2"], ["--steps", "20", "--rounds", "1", "--windows", "1"]),
     ("packing", ["--steps", "60", "--rounds", "3"], ["--steps", "10", "--rounds", "1"]),
     ("memory", ["--steps", "1000000", "--refreshes", "10"], ["--steps", "20000", "--refreshes", "2"]),
     ("gpu", [], ["--cpu-smoke"]),

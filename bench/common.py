@@ -9,6 +9,7 @@ collects into one summary table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -72,7 +73,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
     return ordered[k]
 
 

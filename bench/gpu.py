@@ -156,6 +156,8 @@ def main() -> int:
     parser.add_argument("--methods", default="lora,full")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU, to test this script")
     args = parser.parse_args()
+    if not 0 < args.warmup < args.steps:
+        parser.error("--warmup must be between 1 and --steps - 1")
 
     import torch
 

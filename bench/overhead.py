@@ -1,6 +1,6 @@
 """Studio overhead: training samples/s through the studio vs a bare Trainer.train().
 
-Run:  .venv/bin/python -m bench.overhead [--steps 120] [--rounds 4]
+Run:  .venv/bin/python -m bench.overhead [--steps 120] [--rounds 6]
 
 Both sides train the bundled tiny model (LoRA) on the demo dataset with the
 same TrainConfig, so the same tokenised data, collator and TrainingArguments:
@@ -13,9 +13,11 @@ same TrainConfig, so the same tokenised data, collator and TrainingArguments:
   worker thread, while 2 clients poll /api/status and /api/logs?since=<cursor>
   at 2 Hz each.
 
-Rounds alternate which side goes first. The figure is Trainer's own
-train_samples_per_second on both sides (steps x batch / train_runtime).
-Target: studio / bare >= 0.98 (medians).
+Rounds alternate which side goes first. Speed is the Trainer's own
+train_samples_per_second on both sides (steps x batch / train_runtime); the
+figure is the median over rounds of studio / bare (the two runs of a round are
+back to back, so drift in machine load mostly cancels).
+Target: studio / bare >= 0.98.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def studio_run(base_url: str, studio, steps: int, pollers: int) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--pollers", type=int, default=2)
     args = parser.parse_args()
 
@@ -171,18 +173,23 @@ def main() -> None:
         studio.close()
 
     m_bare, m_studio = statistics.median(bare), statistics.median(staged)
-    ratio = m_studio / m_bare
     per_round = [s / b for s, b in zip(staged, bare)]
+    # Each round's two runs are back to back, so drift in machine load mostly
+    # cancels within a round: the median of per-round ratios is the figure.
+    ratio = statistics.median(per_round)
     write_table(
         "overhead", "Studio overhead: samples/s through the studio vs a bare Trainer.train()",
         ["path", "samples/s (median)", "runs", "target"],
         [["bare Trainer.train()", f"{m_bare:.1f}", runs_list(bare), ""],
          [f"studio (uvicorn + worker thread, {args.pollers} pollers at 2 Hz)", f"{m_studio:.1f}", runs_list(staged), ""],
-         ["ratio studio ÷ bare", f"{ratio:.3f}", "per round: " + runs_list(per_round, "{:.3f}"), f"≥ 0.98: {verdict(ratio >= 0.98)}"]],
+         ["ratio studio ÷ bare, median of rounds", f"{ratio:.3f}", "per round: " + runs_list(per_round, "{:.3f}"),
+          f"≥ 0.98: {verdict(ratio >= 0.98)}"],
+         ["ratio of the medians", f"{m_studio / m_bare:.3f}", "", ""]],
         notes=(f"{args.steps} steps per run (LoRA, bundled tiny model, demo dataset, batch 8, max_seq_length 256), "
                f"{args.rounds} rounds alternating which side goes first, one process. Samples/s is the Trainer's "
                f"train_samples_per_second on both sides. Pollers made {requests} requests, {errors} failed."),
-        summary=[Figure("overhead: studio ÷ bare Trainer samples/s", f"{ratio:.3f}", "≥ 0.98", ratio >= 0.98)],
+        summary=[Figure("overhead: studio (server + 2 pollers at 2 Hz) ÷ bare Trainer.train() samples/s, median of rounds",
+                        f"{ratio:.3f}", "≥ 0.98", ratio >= 0.98)],
     )
 
 

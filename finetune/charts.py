@@ -79,10 +79,7 @@ def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     positions before the first finite value are NaN. smoothing == 0 returns a
     plain float copy.
     """
-    x = _ema_input(values, smoothing)
-    if smoothing == 0.0 or x.size == 0:
-        return x
-    return _ema_core(x, smoothing, EmaState())[0]
+    return ema_extend(values, smoothing)[0]
 
 
 @dataclass
@@ -101,20 +98,15 @@ def ema_extend(values: np.ndarray, smoothing: float, state: EmaState | None = No
     ``b`` gives the tail of ``ema(before + b, a)`` (equal to rounding), so a
     refresh smooths only the new points. smoothing == 0 returns a plain copy.
     """
-    x = _ema_input(values, smoothing)
-    state = state or EmaState()
-    if smoothing == 0.0 or x.size == 0:
-        return x, state
-    return _ema_core(x, smoothing, state)
-
-
-def _ema_input(values: np.ndarray, smoothing: float) -> np.ndarray:
     x = np.array(values, dtype=np.float64)  # always a copy
     if x.ndim != 1:
         raise ValueError("ema expects a 1-D array")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
-    return x
+    state = state or EmaState()
+    if smoothing == 0.0 or x.size == 0:
+        return x, state
+    return _ema_core(x, smoothing, state)
 
 
 def _ema_core(x: np.ndarray, a: float, state: EmaState) -> tuple[np.ndarray, EmaState]:

@@ -39,9 +39,9 @@ _SEQ_PREFIX = re.compile(rb'\{"seq":(\d+),')
 TAIL_EVENTS = 2048
 
 try:  # a gradio dependency; parses event lines ~2x faster than json
-    from orjson import loads as _loads
+    from orjson import loads as json_loads
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+    json_loads = json.loads
 
 
 def _clean(value: Any) -> Any:
@@ -115,7 +115,7 @@ class EventLog:
                 self._index_offsets.append(self._size)
             self._count += 1
             self._size += len(line)
-            self._tail.append(_loads(line))  # exactly what the file now says
+            self._tail.append(json_loads(line))  # exactly what the file now says
             self._last_seq = seq
             return event
 
@@ -190,7 +190,7 @@ def _seq_of(raw: bytes) -> int | None:
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
     try:
-        event = _loads(raw)
+        event = json_loads(raw)
     except ValueError:
         return None
     if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
