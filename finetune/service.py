@@ -14,7 +14,7 @@ from finetune import charts, data
 from finetune.config import TrainConfig
 from finetune.dataset_store import DatasetNotFound, DatasetStore
 from finetune.metrics_cache import MetricsCache
-from finetune.runs import Job, RunManager
+from finetune.runs import Job, JobNotFound, RunManager
 from finetune.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,15 @@ class Studio:
                     f"{name}: column '{value}' is not in dataset {config.dataset_id}. Columns: {', '.join(columns)}."
                 )
         return self.runs.submit(config)
+
+    def find_job(self, job_id: str | None) -> Job | None:
+        """The job with this id, or None (for UI pickers that may hold a stale id)."""
+        if not job_id:
+            return None
+        try:
+            return self.runs.get(job_id)
+        except JobNotFound:
+            return None
 
     def delete_job(self, job_id: str) -> None:
         self.runs.delete(job_id)

@@ -19,7 +19,6 @@ from finetune.api_models import GenerateRequest, playground_for
 from finetune.dataset_store import DatasetNotFound
 from finetune.errors import describe_validation_error
 from finetune.playground import GenerateOptions, PlaygroundError
-from finetune.runs import JobNotFound
 from finetune.service import Studio
 from finetune.ui import render
 
@@ -39,12 +38,7 @@ class PlaygroundHandlers:
         self.studio = studio
 
     def _job(self, job_id: str | None):
-        if not job_id:
-            return None
-        try:
-            return self.studio.runs.get(job_id)
-        except JobNotFound:
-            return None
+        return self.studio.find_job(job_id)
 
     def refresh(self, selected: str | None, request: gr.Request):
         """Runs with a saved model (newest first), then the chosen run's details."""

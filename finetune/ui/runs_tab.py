@@ -35,12 +35,7 @@ class RunsHandlers:
         self._csv_dir = Path(tempfile.mkdtemp(prefix="finetune-ui-csv-"))
 
     def _job(self, job_id: str | None):
-        if not job_id:
-            return None
-        try:
-            return self.studio.runs.get(job_id)
-        except JobNotFound:
-            return None
+        return self.studio.find_job(job_id)
 
     def refresh(self, selected: str | None, compare: list[str] | None, smoothing: float, log_y: bool):
         """The table, both run pickers, the selected run's details and the overlay."""
