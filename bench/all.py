@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import PYTHON, RESULTS, ROOT, machine, print_progress, today, verdict
+from bench.common import PYTHON, RESULTS, ROOT, machine, others_cpu, print_progress, today, verdict
 
 # (module, real settings, quick settings)
 BENCHES = [
@@ -58,7 +58,8 @@ def main() -> int:
 
     lines = ["### Benchmarks: every figure against its target", "",
              f"{today()} · {machine()} · `python -m bench.all{' --quick' if args.quick else ''}` "
-             f"in {(time.time() - started) / 60:.1f} min", "",
+             f"in {(time.time() - started) / 60:.1f} min · other processes used {others_cpu():.2f} cores on average "
+             "meanwhile", "",
              "| figure | value | target | met |", "|---|---|---|---|"]
     for name, _, _ in BENCHES:
         if only and name not in only:
@@ -71,7 +72,7 @@ def main() -> int:
         for fig in json.loads(path.read_text())["figures"]:
             lines.append(f"| {fig['figure']} | {fig['value']} | {fig['target']} | {verdict(fig['met'])} |")
     lines += ["", "Details per benchmark: bench/results/<name>.md. The machine is a shared 2-core box; "
-              "the tables give the load average each ran under."]
+              "each table says how much CPU other people's processes took while it ran."]
     text = "\n".join(lines) + "\n"
     (RESULTS / ("summary-quick.md" if args.quick else "summary.md")).write_text(text)
     print(text)

@@ -34,8 +34,29 @@ for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("T
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 RESULTS = Path(__file__).parent / "results"
-# Other people's jobs share this machine: each table says how busy it was.
-_LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def _cpu_counters() -> tuple[float, float, float]:
+    """(wall s, busy CPU-seconds of the whole machine, CPU-seconds of this process and its waited children)."""
+    busy = float("nan")
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+# Other people's jobs share this machine: each table says how much CPU they took meanwhile.
+_COUNTERS_AT_START = _cpu_counters()
+
+
+def others_cpu() -> float:
+    """Average cores used by processes other than this benchmark since it started."""
+    wall0, busy0, own0 = _COUNTERS_AT_START
+    wall1, busy1, own1 = _cpu_counters()
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -107,10 +128,12 @@ def write_table(
     rows: list[list[object]],
     notes: str = "",
     summary: list[Figure] | None = None,
+    save: bool = True,
 ) -> str:
-    load_now = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"### {title}", "", f"{today()} · {machine()} · 1-min load average {_LOAD_AT_START:.1f} at start, "
-             f"{load_now:.1f} at end", ""]
+    others = others_cpu()
+    busy = " · **busy machine: figures unreliable**" if others > 0.5 else ""
+    lines = [f"### {title}", "", f"{today()} · {machine()} · other processes used {others:.2f} cores on average "
+             f"meanwhile{busy}", ""]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "---|" * len(headers))
     for row in rows:
@@ -118,12 +141,14 @@ def write_table(
     if notes:
         lines += ["", notes]
     text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    if not save:
+        return text
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
     if summary is not None:
         payload = {"name": name, "date": today(), "machine": machine(), "figures": [asdict(f) for f in summary]}
         (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(text, flush=True)
     return text
 
 

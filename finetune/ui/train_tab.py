@@ -162,9 +162,11 @@ def build_train_tab(h: Handlers, demo: gr.Blocks) -> TrainTab:
     dataset.input(h.select_dataset, [dataset], select_out, **PRIVATE).then(**show_formatted)
     for column in (f["text_column"], f["prompt_column"], f["completion_column"], f["completion_only_loss"]):
         column.input(**show_formatted)
+    # Enter then leaving the box fires both: always_last runs the newest once the
+    # current one ends, instead of dropping or aborting one of them.
     for box in (f["max_seq_length"], f["base_model"]):
-        box.submit(**show_formatted)
-        box.blur(**show_formatted)
+        box.submit(**show_formatted, trigger_mode="always_last")
+        box.blur(**show_formatted, trigger_mode="always_last")
 
     start.click(h.start, [dataset, smoothing, log_y, seen, *form], [run_msg, *monitor_out], show_progress="minimal", **PRIVATE)
     stop.click(h.stop, None, [run_msg], **PRIVATE)
