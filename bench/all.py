@@ -2,20 +2,26 @@
 
 Run:  .venv/bin/python -m bench.all [--quick] [--only overhead,polling,...]
 
+With --only, the summary keeps the other benchmarks' last recorded figures.
+
 Each benchmark runs in its own process (fresh memory, fresh imports), prints
 its table and writes bench/results/<name>.md; this collects their figures into
 bench/results/summary.md: every figure against its target, the machine, the
 date. The real settings take about 9 minutes on 2 CPU cores; --quick runs
-small settings (a smoke test of the scripts, figures not meaningful).
+small settings (a smoke test of the scripts, figures not meaningful), writing
+to $TMPDIR/finetune-bench-quick/ so real figures are never replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bench.common import PYTHON, RESULTS, ROOT, machine, others_cpu, print_progress, today, verdict
 
@@ -38,6 +44,8 @@ def main() -> int:
     args = parser.parse_args()
     only = {n for n in args.only.split(",") if n}
     started = time.time()
+    results = Path(tempfile.gettempdir()) / "finetune-bench-quick" if args.quick else RESULTS
+    env = dict(os.environ, BENCH_RESULTS=str(results))
     outcomes: dict[str, str] = {}
     for name, real, quick in BENCHES:
         if only and name not in only:
@@ -45,7 +53,7 @@ def main() -> int:
         cmd = [PYTHON, "-m", f"bench.{name}", *(quick if args.quick else real)]
         print_progress("$ " + " ".join(cmd[1:]))
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
         sys.stdout.write(proc.stdout)
         took = time.time() - t0
         if proc.returncode != 0:
@@ -62,10 +70,15 @@ def main() -> int:
              "meanwhile", "",
              "| figure | value | target | met |", "|---|---|---|---|"]
     for name, _, _ in BENCHES:
-        if only and name not in only:
-            continue
-        path = RESULTS / f"{name}.json"
+        path = results / f"{name}.json"
         fresh = path.exists() and path.stat().st_mtime >= started and outcomes.get(name, "").startswith("ran")
+        if only and name not in only and path.exists() and not args.quick:
+            # Not rerun this time (--only): keep its last recorded figures, dated.
+            saved = json.loads(path.read_text())
+            for fig in saved["figures"]:
+                lines.append(f"| {fig['figure']} (from {saved['date']}) | {fig['value']} | {fig['target']} | "
+                             f"{verdict(fig['met'])} |")
+            continue
         if not fresh:
             lines.append(f"| {name} | {outcomes.get(name, 'not run')} | | |")
             continue
@@ -74,7 +87,8 @@ def main() -> int:
     lines += ["", "Details per benchmark: bench/results/<name>.md. The machine is a shared 2-core box; "
               "each table says how much CPU other people's processes took while it ran."]
     text = "\n".join(lines) + "\n"
-    (RESULTS / ("summary-quick.md" if args.quick else "summary.md")).write_text(text)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.md").write_text(text)
     print(text)
     return 0 if all(not o.startswith("FAILED") for o in outcomes.values()) else 1
 

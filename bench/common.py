@@ -33,7 +33,8 @@ for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("T
     os.environ.setdefault(_name, _value)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-RESULTS = Path(__file__).parent / "results"
+# bench.all --quick points this elsewhere, so smoke-test figures never replace real ones.
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def _cpu_counters() -> tuple[float, float, float]:
